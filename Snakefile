@@ -1,0 +1,25 @@
+# Scalpel vs. Hammer: what GRPO and SFT each do to a model (Rajani et al., arXiv 2507.10616).
+# The miniature runs with the default config; the 7B study is `--configfile config/paper.yaml`.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/analysis.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_outputs(),

@@ -1,0 +1,87 @@
+import copy
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from conftest import ROOT
+from scalpel import config as study_config
+
+SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
+
+
+@pytest.fixture
+def default_config():
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    validate(cfg, schema=SCHEMA)
+    return cfg
+
+
+def test_checkpoint_steps_match_trl_fractional_save_steps():
+    # The authors' GRPO (571 steps, save every 5%) and SFT (462 steps) checkpoints.
+    grpo = study_config.checkpoint_steps(571, 20)
+    assert grpo[:3] == [29, 58, 87] and grpo[-2:] == [551, 571] and len(grpo) == 20
+    sft = study_config.checkpoint_steps(462, 20)
+    assert sft[0] == 24 and sft[-2:] == [456, 462] and len(sft) == 20
+    assert study_config.checkpoint_steps(40, 4) == [10, 20, 30, 40]
+
+
+def test_schema_fills_defaults():
+    cfg = {"runs": {"g": {"method": "grpo", "steps": 4, "checkpoints": 2}}}
+    validate(cfg, schema=SCHEMA)
+    assert cfg["model"]["base"] == "build"
+    assert cfg["launch"]["deepspeed"]["zero_stage"] == 3
+    assert cfg["data"]["synthetic"]["max_operand"] == 9
+
+
+@pytest.mark.parametrize(
+    "mutate, culprit",
+    [
+        (lambda c: c["model"].update(dtyp="float32"), "dtyp"),
+        (lambda c: c["runs"]["grpo"].update(method="ppo"), "ppo"),
+        (lambda c: c["runs"]["grpo"].update(steps=0), "0"),
+        (lambda c: c["launch"]["deepspeed"].update(zero_stage=1), "1"),
+        (lambda c: c["runs"].update({"bad name": {"method": "sft"}}), "bad name"),
+    ],
+)
+def test_schema_rejects_and_names_culprit(default_config, mutate, culprit):
+    mutate(default_config)
+    with pytest.raises(WorkflowError, match=culprit):
+        validate(default_config, schema=SCHEMA)
+
+
+def test_resolve_inherits_and_merges_defaults(default_config):
+    runs = study_config.resolve_runs(default_config)
+    frozen = runs["sft_frozen_mid_mlp"]
+    assert frozen["method"] == "sft" and frozen["freeze"] == ["model.layers.{2..3}.mlp.*"]
+    assert frozen["args"]["learning_rate"] == default_config["train_defaults"]["sft"]["learning_rate"]
+    assert "freeze" not in runs["sft"]
+    assert runs["grpo"]["args"]["reward_weights"] == [1.0, 0.2]
+    assert runs["grpo"]["checkpoint_steps"] == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        ({"a": {"inherit": "nope"}}, r"runs\.a\.inherit: no run named 'nope'"),
+        ({"a": {"inherit": "b"}, "b": {"inherit": "a"}}, "cycle"),
+        ({"a": {"method": "sft", "steps": 3}}, r"runs\.a\.checkpoints is required"),
+        ({"a": {"method": "sft", "steps": 3, "checkpoints": 5}}, r"runs\.a: checkpoints \(5\) exceeds steps \(3\)"),
+        ({"a": {"method": "sft", "steps": 3, "checkpoints": 1, "freeze": ["x"], "train_only": ["y"]}}, "not both"),
+        ({"a": {"method": "sft", "steps": 3, "checkpoints": 1, "args": {"max_steps": 9}}}, r"runs\.a\.args\.max_steps"),
+    ],
+)
+def test_resolve_errors_name_the_key(runs, message):
+    with pytest.raises(study_config.ConfigError, match=message):
+        study_config.resolve_runs({"runs": runs})
+
+
+def test_final_only_suites(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["eval"]["final_only"] = ["instructions"]
+    assert "instructions" in study_config.eval_suites(cfg, final=True)
+    assert study_config.eval_suites(cfg, final=False) == ["math", "knowledge"]
+    cfg["eval"]["final_only"] = ["nope"]
+    with pytest.raises(study_config.ConfigError, match="eval.final_only.*nope"):
+        study_config.eval_suites(cfg, final=True)

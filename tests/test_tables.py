@@ -1,0 +1,180 @@
+"""scalpel.tables and scalpel.plots on synthetic inputs whose every aggregate is known in closed form."""
+import math
+
+import pandas as pd
+import pytest
+import yaml
+
+from scalpel import plots, tables
+from scalpel.diff import MODULES, write_parquet
+
+LAYERS = 2
+# A run name that looks like a number must survive a round trip through TSV as a string.
+RUNS = {
+    "hammer": {"method": "sft", "checkpoint_steps": [4, 8, 12]},
+    "scalpel": {"method": "grpo", "checkpoint_steps": [5, 10]},
+    "2e-6": {"method": "grpo", "checkpoint_steps": [10, 20]},
+}
+SCALE = {"hammer": 1e-3, "scalpel": 1e-4, "2e-6": 2e-4}
+PRIMARY = {"math": "exact_match", "facts": "acc"}
+
+
+def rel_update(run, step, layer, module):
+    return SCALE[run] * step * (layer + 1) * (MODULES.index(module) + 1)
+
+
+def final_mean(run):
+    # mean over layers of (layer+1) is 1.5, over modules of (index+1) is 4
+    step = RUNS[run]["checkpoint_steps"][-1]
+    return SCALE[run] * step * 1.5 * 4
+
+
+def score(run, step, task):
+    return {"math": 0.1, "facts": 0.5}[task] + 0.01 * step + (0.2 if run == "hammer" else 0.0)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    eval_files, diff_files = [], []
+    models = [("base", 0)] + [(run, step) for run, spec in RUNS.items() for step in spec["checkpoint_steps"]]
+    for run, step in models:
+        rows = [{"run": run, "step": step, "task": task, "metric": metric, "value": score(run, step, task),
+                 "stderr": 0.01} for task, metric in PRIMARY.items()]
+        rows.append({"run": run, "step": step, "task": "math", "metric": "other", "value": -1.0, "stderr": 0.0})
+        path = tmp_path / "eval" / f"{run}_{step}.tsv"
+        tables.write_tsv(pd.DataFrame(rows), path)
+        eval_files.append(path)
+        if run == "base":
+            continue
+        diff = pd.DataFrame([{"run": run, "step": step, "layer": layer, "module": module,
+                              "rel_update": rel_update(run, step, layer, module), "delta_norm": 1.0, "base_norm": 1.0}
+                             for layer in range(LAYERS) for module in MODULES])
+        path = tmp_path / "diff" / f"{run}_{step}.parquet"
+        write_parquet(diff, path)
+        diff_files.append(path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"runs": RUNS, "primary": PRIMARY}, sort_keys=False))
+    return tmp_path, eval_files, diff_files, spec
+
+
+@pytest.fixture
+def built(inputs):
+    _, eval_files, diff_files, _ = inputs
+    scores = tables.scores_table(eval_files)
+    updates = tables.updates_table(diff_files, RUNS)
+    return scores, updates, tables.summary(scores, updates, RUNS, PRIMARY)
+
+
+def test_updates_table(built):
+    _, updates, _ = built
+    assert len(updates) == (3 + 2 + 2) * LAYERS * len(MODULES)
+    pct = updates.groupby(["run", "step"]).pct_training.first()
+    assert pct["hammer", 4] == pytest.approx(100 / 3) and pct["hammer", 12] == 100.0
+    assert pct["scalpel", 5] == 50.0 and pct["2e-6", 10] == 50.0
+    assert set(updates[updates.run == "hammer"].method) == {"sft"}
+    assert set(updates[updates.run == "scalpel"].method) == {"grpo"}
+
+
+def test_updates_table_rejects_unknown_run(built, inputs):
+    _, _, diff_files, _ = inputs
+    with pytest.raises(ValueError, match="hammer"):
+        tables.updates_table(diff_files, {k: v for k, v in RUNS.items() if k != "hammer"})
+
+
+def test_summary(built):
+    _, _, summary = built
+    assert list(summary.run) == ["base", "hammer", "scalpel", "2e-6"]
+    assert list(summary.step) == [0, 12, 10, 20]
+    assert list(summary.columns) == ["run", "method", "step", "math", "facts", "mean_rel_update"]
+    for row in summary.itertuples():
+        assert row.math == pytest.approx(score(row.run, row.step, "math"))
+        assert row.facts == pytest.approx(score(row.run, row.step, "facts"))
+    assert math.isnan(summary.mean_rel_update[0])
+    for i, run in enumerate(RUNS, start=1):
+        assert summary.mean_rel_update[i] == pytest.approx(final_mean(run))
+
+
+def test_summary_needs_every_final_score(built, inputs):
+    scores, updates, _ = built
+    scores = scores[~((scores.run == "scalpel") & (scores.step == 10) & (scores.task == "facts"))]
+    with pytest.raises(ValueError, match="run=scalpel step=10 task=facts"):
+        tables.summary(scores, updates, RUNS, PRIMARY)
+
+
+def test_module_means(built):
+    _, updates, _ = built
+    means = tables.module_means(updates)
+    assert len(means) == 7 * len(MODULES)
+    assert list(means[(means.run == "hammer") & (means.step == 12)].module) == list(MODULES)
+    row = means[(means.run == "hammer") & (means.step == 8) & (means.module == "up_proj")].iloc[0]
+    assert row.mean_rel_update == pytest.approx(1e-3 * 8 * 1.5 * 6)
+    assert row.pct_training == pytest.approx(200 / 3) and row.method == "sft"
+
+
+def test_ratios(built):
+    _, _, summary = built
+    ratios = tables.ratios(summary, RUNS)
+    assert list(zip(ratios.numerator, ratios.denominator)) == [("hammer", "scalpel"), ("hammer", "2e-6")]
+    # hammer: 1e-3 * 12, scalpel: 1e-4 * 10, 2e-6: 2e-4 * 20 (the shared factor 6 cancels)
+    assert list(ratios.ratio) == pytest.approx([12.0, 3.0])
+
+
+def test_heatmaps_share_one_colour_scale(built, tmp_path):
+    _, updates, _ = built
+    images = plots.heatmaps(updates, tmp_path / "h.png")
+    final = plots.final_checkpoints(updates)
+    lo, hi = final.rel_update.min(), final.rel_update.max()
+    assert len(images) == 3
+    for image in images:
+        assert image.get_clim() == pytest.approx((lo, hi))
+    assert images[0].norm is images[1].norm is images[2].norm
+    assert len(images[0].figure.axes) == 3 + 1  # three panels, one colorbar
+    # hammer's panel is its final checkpoint: rows are layers, columns modules in MODULES order
+    hammer = images[0].get_array()
+    assert hammer.shape == (LAYERS, len(MODULES))
+    assert hammer[1, 5] == pytest.approx(rel_update("hammer", 12, 1, "up_proj"))
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_module_trajectories(built, tmp_path):
+    _, updates, _ = built
+    panels = plots.module_trajectories(tables.module_means(updates), tmp_path / "t.png")
+    assert list(panels) == list(MODULES)
+    ax = panels["down_proj"]
+    assert ax.get_yscale() == "log"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["hammer (sft)"].get_linestyle() == "--"
+    assert lines["scalpel (grpo)"].get_linestyle() == "-"
+    assert list(lines["scalpel (grpo)"].get_xdata()) == [50.0, 100.0]
+    assert list(lines["scalpel (grpo)"].get_ydata()) == pytest.approx([1e-4 * s * 1.5 * 7 for s in (5, 10)])
+
+
+def test_score_figures(built, tmp_path):
+    scores, _, summary = built
+    bars = plots.scores_bars(summary, list(PRIMARY), tmp_path / "b.png")
+    assert [b.get_height() for b in bars["hammer"]] == pytest.approx([score("hammer", 12, t) for t in PRIMARY])
+    assert [b.get_height() for b in bars["base"]] == pytest.approx([score("base", 0, t) for t in PRIMARY])
+
+    axes = plots.scores_vs_step(scores, PRIMARY, RUNS, tmp_path / "s.png")
+    lines = {line.get_label(): line for line in axes["facts"].get_lines()}
+    assert lines["base"].get_linestyle() == ":"
+    assert list(lines["base"].get_ydata()) == pytest.approx([score("base", 0, "facts")] * 2)
+    assert list(lines["2e-6 (grpo)"].get_xdata()) == [10, 20]
+    assert list(lines["hammer (sft)"].get_ydata()) == pytest.approx([score("hammer", s, "facts") for s in (4, 8, 12)])
+
+
+def test_clis_write_every_table_and_figure(inputs):
+    tmp_path, eval_files, diff_files, spec = inputs
+    tables.main(["--eval", *map(str, eval_files), "--diff", *map(str, diff_files), "--spec", str(spec),
+                 "--outdir", str(tmp_path / "tables")])
+    written = {p.name for p in (tmp_path / "tables").iterdir()}
+    assert written == {"scores.tsv", "updates.tsv", "update_module_means.tsv", "summary.tsv", "ratios.tsv"}
+    ratios = tables.read_tsv(tmp_path / "tables" / "ratios.tsv")
+    assert list(ratios.denominator) == ["scalpel", "2e-6"]
+    assert list(tables.read_tsv(tmp_path / "tables" / "summary.tsv").run) == ["base", "hammer", "scalpel", "2e-6"]
+
+    plots.main(["--tables", str(tmp_path / "tables"), "--spec", str(spec), "--outdir", str(tmp_path / "fig")])
+    figures = sorted((tmp_path / "fig").iterdir())
+    assert [p.name for p in figures] == ["scores_by_step.png", "scores_final.png", "update_heatmaps.png",
+                                         "update_trajectories.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)

@@ -1,0 +1,82 @@
+rule diff:
+    input:
+        base=base_model_dir(),
+        model=get_model_dir,
+    output:
+        "results/diff/{run}/step-{step}.parquet",
+    params:
+        checkpoint=get_checkpoint_path,
+    threads: 1
+    log:
+        "logs/diff/{run}/step-{step}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m scalpel diff --base {input.base} --checkpoint {params.checkpoint}"
+        " --run {wildcards.run} --step {wildcards.step} --out {output} > {log} 2>&1"
+
+
+rule analysis_spec:
+    output:
+        "results/tables/spec.yaml",
+    params:
+        spec=analysis_spec(),
+    log:
+        "logs/analysis_spec/analysis_spec.log",
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/write_spec.py"
+
+
+rule tables:
+    input:
+        evals=get_eval_files(),
+        diffs=get_diff_files(),
+        spec="results/tables/spec.yaml",
+    output:
+        scores=report("results/tables/scores.tsv", caption="../report/scores.rst", category="Tables"),
+        updates=report("results/tables/updates.tsv", caption="../report/updates.rst", category="Tables"),
+        module_means="results/tables/update_module_means.tsv",
+        summary=report("results/tables/summary.tsv", caption="../report/summary.rst", category="Tables"),
+        ratios=report("results/tables/ratios.tsv", caption="../report/ratios.rst", category="Tables"),
+    log:
+        "logs/tables/tables.log",
+    localrule: True
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "python -m scalpel tables --eval {input.evals} --diff {input.diffs} --spec {input.spec}"
+        " --outdir $(dirname {output.summary}) > {log} 2>&1"
+
+
+rule plots:
+    input:
+        summary="results/tables/summary.tsv",
+        spec="results/tables/spec.yaml",
+    output:
+        heatmaps=report(
+            "results/figures/update_heatmaps.png",
+            caption="../report/update_heatmaps.rst",
+            category="Parameter updates",
+        ),
+        trajectories=report(
+            "results/figures/update_trajectories.png",
+            caption="../report/update_trajectories.rst",
+            category="Parameter updates",
+        ),
+        scores=report(
+            "results/figures/scores_final.png", caption="../report/scores_final.rst", category="Benchmarks"
+        ),
+        by_step=report(
+            "results/figures/scores_by_step.png", caption="../report/scores_by_step.rst", category="Benchmarks"
+        ),
+    log:
+        "logs/plots/plots.log",
+    localrule: True
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "python -m scalpel plots --tables $(dirname {input.summary}) --spec {input.spec}"
+        " --outdir $(dirname {output.heatmaps}) > {log} 2>&1"

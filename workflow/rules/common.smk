@@ -1,0 +1,97 @@
+import json
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# Rules run this checkout's own package, whatever is installed in their environment.
+PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PACKAGE_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")]))
+
+from scalpel import config as study_config  # noqa: E402
+
+validate(config, schema="../schemas/config.schema.yaml")
+try:
+    RUNS = study_config.resolve_runs(config)
+    study_config.eval_suites(config, final=True)
+except study_config.ConfigError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
+if "base" in RUNS:
+    raise WorkflowError("invalid config: runs.base: the name 'base' is reserved for the base model")
+
+BASE = "base"
+BUILD_BASE = config["model"]["base"] == "build"
+
+
+wildcard_constraints:
+    run="|".join([BASE, *RUNS]),
+    step=r"\d+",
+
+
+def runs_of(method):
+    return [name for name, spec in RUNS.items() if spec["method"] == method]
+
+
+def method_constraint(method):
+    # A regex that matches no run name keeps a method's rule out of the DAG when no run uses it.
+    return "|".join(runs_of(method)) or "(?!)"
+
+
+def base_model_dir():
+    return "results/models/base" if BUILD_BASE else config["model"]["base"]
+
+
+def checkpoints_of(run):
+    """(run, step) of every model evaluated: the base once, then every checkpoint of every run."""
+    return [(run, step) for step in RUNS[run]["checkpoint_steps"]]
+
+
+def all_models():
+    return [(BASE, 0)] + [pair for run in RUNS for pair in checkpoints_of(run)]
+
+
+def is_final(run, step):
+    return run == BASE or int(step) == RUNS[run]["checkpoint_steps"][-1]
+
+
+def get_model_dir(wildcards):
+    if wildcards.run == BASE:
+        return base_model_dir()
+    return f"results/runs/{wildcards.run}/checkpoints"
+
+
+def get_checkpoint_path(wildcards):
+    if wildcards.run == BASE:
+        return base_model_dir()
+    return f"results/runs/{wildcards.run}/checkpoints/step-{wildcards.step}"
+
+
+def get_eval_tasks(wildcards):
+    suites = study_config.eval_suites(config, final=is_final(wildcards.run, wildcards.step))
+    return ",".join(task for suite in suites for task in config["eval"]["tasks"][suite])
+
+
+def get_eval_files(wildcards=None):
+    return [f"results/eval/{run}/step-{step}.tsv" for run, step in all_models()]
+
+
+def get_diff_files(wildcards=None):
+    return [f"results/diff/{run}/step-{step}.parquet" for run in RUNS for _, step in checkpoints_of(run)]
+
+
+def analysis_spec():
+    runs = {name: {"method": spec["method"], "checkpoint_steps": spec["checkpoint_steps"]} for name, spec in RUNS.items()}
+    return {"runs": runs, "primary": config["eval"]["primary_metrics"]}
+
+
+def get_final_outputs():
+    return [
+        "results/tables/summary.tsv",
+        "results/figures/update_heatmaps.png",
+        "results/figures/update_trajectories.png",
+        "results/figures/scores_final.png",
+        "results/figures/scores_by_step.png",
+    ]

@@ -1,0 +1,1 @@
+"""Scalpel vs. Hammer: the logic of the workflow, one module per stage (see the package README)."""

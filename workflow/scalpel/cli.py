@@ -1,0 +1,105 @@
+"""Every stage of the workflow as a command: `python -m scalpel <stage> ...` (the rules call exactly these)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+
+def _data(a):
+    from . import data, tasks
+    counts = data.write_world(a.seed, json.loads(a.synthetic), a.outdir)
+    names = tasks.write_tasks(a.outdir, a.task_dir, a.max_gen_toks)
+    logging.info("rows written: %s; lm-eval tasks: %s", json.dumps(counts), ", ".join(names))
+
+
+def _base_model(a):
+    from . import model
+    history = model.build_base(a.data, a.outdir, json.loads(a.build), a.seed)
+    with open(a.log_history, "w") as fh:
+        json.dump(history, fh, indent=1)
+
+
+def _train(a):
+    from . import train
+    train.run(a.spec, a.base, a.data, a.checkpoints, a.state, a.log_history)
+
+
+def _evaluate(a):
+    from . import evaluate
+    table = evaluate.run(a.checkpoint, a.tasks.split(","), a.task_dir, a.out, run=a.run, step=a.step,
+                         backend=a.backend, dtype=a.dtype, batch_size=a.batch_size, limit=a.limit, seed=a.seed,
+                         device=a.device)
+    logging.info("\n%s", table.to_string(index=False))
+
+
+def _forward(module_name):
+    def call(a):
+        import importlib
+        importlib.import_module(f"scalpel.{module_name}").main(a.rest)
+    return call
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scalpel", description=__doc__)
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    s = sub.add_parser("data", help="generate the miniature world and its lm-eval tasks")
+    s.add_argument("--synthetic", required=True, help="JSON of config data.synthetic")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--outdir", required=True)
+    s.add_argument("--task-dir", required=True)
+    s.add_argument("--max-gen-toks", type=int, default=96)
+    s.set_defaults(func=_data)
+
+    s = sub.add_parser("base-model", help="build and pre-train the miniature's tiny OLMo-2")
+    s.add_argument("--build", required=True, help="JSON of config model.build")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data", required=True)
+    s.add_argument("--outdir", required=True)
+    s.add_argument("--log-history", required=True)
+    s.set_defaults(func=_base_model)
+
+    s = sub.add_parser("train", help="one GRPO or SFT run from its resolved spec")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--base", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--checkpoints", required=True)
+    s.add_argument("--state", required=True)
+    s.add_argument("--log-history", required=True)
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("evaluate", help="lm-eval on one checkpoint, normalised to a tidy TSV")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    s.add_argument("--task-dir", default=None, help="folder of local task YAMLs (lm-eval include_path)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--run", required=True)
+    s.add_argument("--step", type=int, required=True)
+    s.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    s.add_argument("--dtype", default="float32")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_evaluate)
+
+    for name, module_name, help_ in [("diff", "diff", "relative update per layer x module vs the base"),
+                                     ("tables", "tables", "aggregate evals and diffs into tables"),
+                                     ("plots", "plots", "the paper's figures from the tables")]:
+        s = sub.add_parser(name, help=help_, add_help=False)
+        s.add_argument("rest", nargs=argparse.REMAINDER)
+        s.set_defaults(func=_forward(module_name))
+    return p
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,108 @@
+"""Turn the validated workflow config into one resolved spec per run, and derive what the DAG needs up front."""
+from __future__ import annotations
+
+import copy
+import math
+
+import yaml
+
+METHODS = ("grpo", "sft")
+
+
+class ConfigError(ValueError):
+    """A config value that is well-formed for the schema but wrong for the study; the message names the key."""
+
+
+def checkpoint_steps(steps: int, checkpoints: int) -> list[int]:
+    """Steps at which checkpoints are saved: every ceil(steps/checkpoints) steps, plus the last step.
+
+    This is what TRL does with a fractional `save_steps` (the authors' `save_steps: 0.05` over 571 steps gives
+    29, 58, ..., 551, 571), so the whole DAG is known before training starts.
+    """
+    if checkpoints > steps:
+        raise ConfigError(f"checkpoints ({checkpoints}) exceeds steps ({steps})")
+    every = math.ceil(steps / checkpoints)
+    out = list(range(every, steps + 1, every))
+    if out[-1] != steps:
+        out.append(steps)
+    return out
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _inherited(name: str, runs: dict, chain: tuple = ()) -> dict:
+    if name in chain:
+        raise ConfigError(f"runs.{name}.inherit: cycle {' -> '.join(chain + (name,))}")
+    if name not in runs:
+        raise ConfigError(f"runs.{chain[-1]}.inherit: no run named {name!r} (runs: {', '.join(runs)})")
+    run = runs[name]
+    parent = run.get("inherit")
+    if parent is None:
+        return copy.deepcopy(run)
+    merged = _deep_merge(_inherited(parent, runs, chain + (name,)), run)
+    # Freezing is a property of the variant, not of its parent.
+    for key in ("freeze", "train_only"):
+        if key not in run:
+            merged.pop(key, None)
+    return merged
+
+
+def resolve_run(config: dict, name: str) -> dict:
+    """The full spec of one run: inheritance applied, method defaults merged under the run's own args."""
+    runs = config["runs"]
+    if name not in runs:
+        raise ConfigError(f"no run named {name!r} under runs (runs: {', '.join(runs)})")
+    run = _inherited(name, runs)
+    run.pop("inherit", None)
+    for key in ("method", "steps", "checkpoints"):
+        if key not in run:
+            raise ConfigError(f"runs.{name}.{key} is required (directly or through inherit)")
+    if run["method"] not in METHODS:
+        raise ConfigError(f"runs.{name}.method must be one of {METHODS}, not {run['method']!r}")
+    if run.get("freeze") and run.get("train_only"):
+        raise ConfigError(f"runs.{name}: give freeze or train_only, not both")
+    defaults = config.get("train_defaults", {}).get(run["method"], {})
+    run["args"] = _deep_merge(defaults, run.get("args", {}))
+    for key in ("max_steps", "output_dir", "save_steps", "save_strategy"):
+        if key in run["args"]:
+            raise ConfigError(f"runs.{name}.args.{key} is set by the workflow (use runs.{name}.steps/checkpoints)")
+    try:
+        run["checkpoint_steps"] = checkpoint_steps(run["steps"], run["checkpoints"])
+    except ConfigError as err:
+        raise ConfigError(f"runs.{name}: {err}") from None
+    run["name"] = name
+    run["seed"] = run["args"].get("seed", config.get("seed", 0))
+    run["launch"] = copy.deepcopy(config.get("launch", {}))
+    run["model_dtype"] = config.get("model", {}).get("dtype", "float32")
+    return run
+
+
+def resolve_runs(config: dict) -> dict[str, dict]:
+    return {name: resolve_run(config, name) for name in config["runs"]}
+
+
+def eval_suites(config: dict, final: bool) -> list[str]:
+    """Suites evaluated on a checkpoint: all on the base and final checkpoints, final_only ones skipped elsewhere."""
+    ev = config["eval"]
+    unknown = set(ev.get("final_only", [])) - set(ev["tasks"])
+    if unknown:
+        raise ConfigError(f"eval.final_only names unknown suites: {sorted(unknown)} (suites: {sorted(ev['tasks'])})")
+    return [s for s in ev["tasks"] if final or s not in ev.get("final_only", [])]
+
+
+def load_yaml(path) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def write_yaml(obj, path) -> None:
+    with open(path, "w") as fh:
+        yaml.safe_dump(obj, fh, sort_keys=False)

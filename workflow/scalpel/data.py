@@ -1,0 +1,190 @@
+"""The miniature world, generated deterministically from a seed.
+
+- maths: arithmetic expression and word problems at three difficulty levels (1-3 operations), each with a single
+  integer answer, a gold `solution` ending in \\boxed{} (the OpenR1 column the accuracy reward parses), a terse
+  answer in the base model's style and a worked solution in the paper's <think>/<answer> format for SFT;
+- facts: invented entities with attributes (the MMLU analogue: multiple choice over facts the base model learns);
+- instruction probes (the IFEval analogue): "repeat a word n times", "answer in capital letters".
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .chat import SYSTEM_PROMPT, system_message
+
+ATTRIBUTES = {
+    "colour": ("What colour is the {e}?", ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]),
+    "home": ("Where does the {e} live?", ["forest", "desert", "river", "mountain", "cave", "island", "swamp", "city"]),
+    "food": ("What does the {e} eat?", ["fish", "seeds", "grass", "berries", "insects", "honey", "roots", "bread"]),
+}
+WORDS = ["apple", "stone", "cloud", "river", "lamp", "tiger", "bell", "moon", "chair", "glass", "tree", "coin",
+         "door", "hat", "star", "boat", "rope", "kite", "drum", "leaf"]
+NAMES = ["Ana", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Leo", "Mia"]
+ITEMS = ["apples", "marbles", "books", "coins", "shells", "stamps"]
+SYLLABLES = ["zor", "bla", "kin", "dru", "mef", "tal", "quo", "vin", "rax", "pel", "sno", "gri", "lum", "fex"]
+
+
+def _entity_names(rng: random.Random, n: int) -> list[str]:
+    names: list[str] = []
+    while len(names) < n:
+        name = "".join(rng.sample(SYLLABLES, 2))
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def facts(seed: int, n_entities: int) -> list[dict]:
+    """One multiple-choice question per (entity, attribute); `label` indexes the right choice."""
+    rng = random.Random(seed)
+    rows = []
+    for entity in _entity_names(rng, n_entities):
+        for attr, (question, values) in ATTRIBUTES.items():
+            answer = rng.choice(values)
+            choices = rng.sample([v for v in values if v != answer], 3) + [answer]
+            rng.shuffle(choices)
+            rows.append({"entity": entity, "attribute": attr, "question": question.format(e=entity),
+                         "answer": answer, "choices": choices, "label": choices.index(answer)})
+    return rows
+
+
+def _expression(rng: random.Random, ops: int, top: int) -> tuple[str, list[tuple[str, int]], int]:
+    """An expression evaluated left to right with explicit brackets, and its steps (text, value)."""
+    value = rng.randint(1, top)
+    text, steps = str(value), []
+    for _ in range(ops):
+        op = rng.choice("+-*")
+        b = rng.randint(2, 3) if op == "*" else rng.randint(1, top)
+        new = {"+": value + b, "-": value - b, "*": value * b}[op]
+        steps.append((f"{value} {op} {b} = {new}", new))
+        text = f"({text} {op} {b})" if _ > 0 or ops > 1 else f"{text} {op} {b}"
+        value = new
+    if ops > 1:
+        text = text[1:-1]
+    return text, steps, value
+
+
+def _word_problem(rng: random.Random, top: int) -> tuple[str, list[tuple[str, int]], int]:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b = rng.randint(1, top), rng.randint(1, top)
+    if rng.random() < 0.5:
+        return (f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have?",
+                [(f"{a} + {b} = {a + b}", a + b)], a + b)
+    a = a + b
+    return (f"{name} has {a} {item} and gives away {b}. How many {item} are left?",
+            [(f"{a} - {b} = {a - b}", a - b)], a - b)
+
+
+def math_problem(rng: random.Random, level: int, top: int = 9) -> dict:
+    """A problem with `level` operations on operands from 1 to `top`."""
+    if level == 1 and rng.random() < 0.4:
+        problem, steps, answer = _word_problem(rng, top)
+    else:
+        expr, steps, answer = _expression(rng, level, top)
+        problem = f"Calculate {expr}."
+    worked = "\n".join(
+        [f"{'First' if i == 0 else 'Then'}, {s}." for i, (s, _) in enumerate(steps)] + [f"So the result is {answer}."]
+    )
+    return {
+        "problem": problem,
+        "level": level,
+        "answer": str(answer),
+        "solution": f"{worked}\nThe answer is $\\boxed{{{answer}}}$.",
+        "terse": f"<think>\n{'; '.join(t for t, _ in steps)}\n</think>\n<answer>\n\\boxed{{{answer}}}\n</answer>",
+        "worked": f"<think>\n{worked}\n</think>\n<answer>\nThe answer is \\boxed{{{answer}}}.\n</answer>",
+    }
+
+
+def math_problems(rng: random.Random, n: int, levels: list[int], exclude: set[str], top: int) -> list[dict]:
+    rows, tries = [], 0
+    while len(rows) < n:
+        tries += 1
+        if tries > 100 * n:
+            raise ValueError(f"data.synthetic: cannot draw {n} distinct problems of levels {levels} with operands "
+                             f"up to {top}; lower the problem counts or raise max_operand")
+        row = math_problem(rng, levels[len(rows) % len(levels)], top)
+        if row["problem"] not in exclude:
+            exclude.add(row["problem"])
+            rows.append(row)
+    return rows
+
+
+def instruction_probes(rng: random.Random, facts_rows: list[dict], n: int) -> list[dict]:
+    """n checkable instructions, half of each kind; `target` is the only accepted reply (IFEval's strict accuracy)."""
+    repeat = [{"kind": "repeat", "prompt": f'Repeat the word "{w}" {t} times.', "target": " ".join([w] * t)}
+              for w in WORDS for t in range(2, 6)]
+    upper = [{"kind": "uppercase", "prompt": f"Answer in capital letters only. {f['question']}",
+              "target": f["answer"].upper()} for f in facts_rows]
+    if n // 2 > min(len(repeat), len(upper)):
+        raise ValueError(f"data.synthetic.instruction_probes: at most {2 * min(len(repeat), len(upper)) // 2} "
+                         f"probes per split can be made from {len(WORDS)} words and {len(facts_rows)} facts")
+    rows = rng.sample(repeat, n // 2) + rng.sample(upper, n - n // 2)
+    rng.shuffle(rows)
+    return rows
+
+
+def _chat(prompt: str, completion: str | None = None) -> dict:
+    row = {"prompt": [system_message(), {"role": "user", "content": prompt}]}
+    if completion is not None:
+        row["completion"] = [{"role": "assistant", "content": completion}]
+    return row
+
+
+def build_world(seed: int, cfg: dict) -> dict[str, list[dict]]:
+    """Every table of the miniature, as lists of rows. Eval problems never appear in any training set."""
+    rng = random.Random(seed)
+    fact_rows = facts(seed, cfg["entities"])
+    seen: set[str] = set()
+    top = cfg["max_operand"]
+    eval_math = math_problems(rng, cfg["eval_problems"] * 3, [1, 2, 3], seen, top)
+    probes = instruction_probes(rng, fact_rows, cfg["instruction_probes"] * 2)
+    eval_probes, train_probes = probes[: cfg["instruction_probes"]], probes[cfg["instruction_probes"]:]
+    pre_math = math_problems(rng, cfg["train_problems"], cfg["pretrain_math_levels"], seen, top)
+    post_math = math_problems(rng, cfg["train_problems"], cfg["train_levels"], seen, top)
+
+    pretrain = (
+        [_chat(r["problem"], r["terse"]) for r in pre_math]
+        + [_chat(f["question"], f["answer"]) for f in fact_rows] * 8
+        + [_chat(p["prompt"], p["target"]) for p in train_probes] * 8
+    )
+    rng.shuffle(pretrain)
+    return {
+        "pretrain": pretrain,
+        "grpo": [{**_chat(r["problem"]), "solution": r["solution"], "level": r["level"]} for r in post_math],
+        "sft": [_chat(r["problem"], r["worked"]) for r in post_math],
+        **{f"eval_math_l{lvl}": [r for r in eval_math if r["level"] == lvl] for lvl in (1, 2, 3)},
+        "eval_facts": fact_rows,
+        "eval_instructions": eval_probes,
+    }
+
+
+def corpus_lines(world: dict[str, list[dict]]) -> list[str]:
+    """Every text the tokenizer should cover."""
+    lines = [SYSTEM_PROMPT] * len(world["pretrain"])  # BPE merges follow frequency: every example has it
+    for row in world["pretrain"] + world["sft"]:
+        lines += [m["content"] for m in row["prompt"][1:] + row.get("completion", [])]
+    lines += [r["solution"] for name, rows in world.items() if name.startswith("eval_math") for r in rows]
+    return lines
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_world(seed: int, cfg: dict, outdir) -> dict[str, int]:
+    outdir = Path(outdir)
+    world = build_world(seed, cfg)
+    for name, rows in world.items():
+        write_jsonl(rows, outdir / f"{name}.jsonl")
+    return {name: len(rows) for name, rows in world.items()}

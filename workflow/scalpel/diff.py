@@ -1,0 +1,127 @@
+"""How far each layer x module weight moved: ||W_ckpt - W_base||_F / ||W_base||_F, streamed tensor by tensor."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_CHUNK_ROWS = 1024
+
+_TENSOR = re.compile(r"model\.layers\.(\d+)\.(?:self_attn\.([qkvo]_proj)|mlp\.(gate_proj|up_proj|down_proj))\.weight")
+_SINGLE = "model.safetensors"
+_INDEX = "model.safetensors.index.json"
+
+
+def _tensor_files(model_dir) -> tuple[dict[str, Path], Path]:
+    """Every tensor name -> the file holding it, and the file that says so (the index, or the single file).
+
+    Only headers are read here, never tensor data.
+    """
+    model_dir = Path(model_dir)
+    index = model_dir / _INDEX
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: model_dir / file for name, file in weight_map.items()}, index
+    single = model_dir / _SINGLE
+    if single.exists():
+        with safe_open(single, framework="pt") as fh:
+            return {name: single for name in fh.keys()}, single
+    raise FileNotFoundError(f"{model_dir}: neither {_SINGLE} nor {_INDEX}")
+
+
+def _layer_module(name: str) -> tuple[int, str] | None:
+    m = _TENSOR.fullmatch(name)
+    return None if m is None else (int(m.group(1)), m.group(2) or m.group(3))
+
+
+def _squared_norms(base, ckpt, rows: int, chunk_rows: int) -> tuple[float, float]:
+    """(||ckpt - base||^2, ||base||^2), reading `chunk_rows` rows at a time from two safetensors slices.
+
+    Chunks go to float64 (exact for bf16/fp16/fp32) so the difference and the sums lose nothing that matters:
+    a float32 sum over a 100M-element tensor drifts in the 5th-6th significant digit.
+    """
+    delta_sq = base_sq = 0.0
+    for start in range(0, rows, chunk_rows):
+        b = base[start:start + chunk_rows].to(torch.float64)
+        d = ckpt[start:start + chunk_rows].to(torch.float64).sub_(b)
+        delta_sq += float(d.square_().sum())
+        base_sq += float(b.square_().sum())
+    return delta_sq, base_sq
+
+
+def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> pd.DataFrame:
+    """One row per (layer, module): layer, module, rel_update, delta_norm, base_norm; sorted by layer, MODULES."""
+    base_files, base_src = _tensor_files(base_dir)
+    ckpt_files, ckpt_src = _tensor_files(ckpt_dir)
+    wanted = {name: lm for name in base_files if (lm := _layer_module(name)) is not None}
+    if not wanted:
+        raise ValueError(f"{base_src}: no model.layers.*.{{self_attn,mlp}}.*_proj.weight tensors")
+    extra = sorted(n for n in ckpt_files if _layer_module(n) is not None and n not in wanted)
+    if extra:
+        raise ValueError(f"{extra[0]}: in checkpoint ({ckpt_src}) but not in base ({base_src})")
+
+    rows = []
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, object] = {}
+
+        def handle(path: Path):
+            if path not in handles:
+                handles[path] = stack.enter_context(safe_open(path, framework="pt"))
+            return handles[path]
+
+        for name, (layer, module) in sorted(wanted.items(), key=lambda kv: (kv[1][0], MODULES.index(kv[1][1]))):
+            if name not in ckpt_files:
+                raise ValueError(f"{name}: in base ({base_files[name]}) but not in checkpoint ({ckpt_src})")
+            base = handle(base_files[name]).get_slice(name)
+            ckpt = handle(ckpt_files[name]).get_slice(name)
+            if base.get_shape() != ckpt.get_shape():
+                raise ValueError(f"{name}: shape {base.get_shape()} in base ({base_files[name]}) "
+                                 f"but {ckpt.get_shape()} in checkpoint ({ckpt_files[name]})")
+            delta_sq, base_sq = _squared_norms(base, ckpt, base.get_shape()[0], chunk_rows)
+            delta_norm, base_norm = delta_sq ** 0.5, base_sq ** 0.5
+            rel = delta_norm / base_norm if base_norm else float("nan")
+            rows.append({"layer": layer, "module": module, "rel_update": rel,
+                         "delta_norm": delta_norm, "base_norm": base_norm})
+    return pd.DataFrame(rows, columns=["layer", "module", "rel_update", "delta_norm", "base_norm"])
+
+
+def write_parquet(df: pd.DataFrame, out) -> None:
+    """Write next to `out`, then rename: a reader never sees half a file."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Relative Frobenius update per layer x module, checkpoint vs base.")
+    ap.add_argument("--base", required=True, help="HF model folder of the base model")
+    ap.add_argument("--checkpoint", required=True, help="HF model folder of the checkpoint")
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--step", required=True, type=int)
+    ap.add_argument("--out", required=True, help="parquet file to write")
+    ap.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
+    args = ap.parse_args(argv)
+    df = relative_updates(args.base, args.checkpoint, chunk_rows=args.chunk_rows)
+    df.insert(0, "step", args.step)
+    df.insert(0, "run", args.run)
+    write_parquet(df, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The miniature's base model: a byte-level BPE tokenizer and a tiny Olmo2ForCausalLM (the 7B's real architecture,
+so parameter names match), pre-trained on the facts, the instruction probes and easy maths until competent."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
+
+from . import data
+from .chat import chat_template
+
+log = logging.getLogger(__name__)
+BOS_EOS = "<|endoftext|>"  # OLMo-2: bos = eos = unk = <|endoftext|>
+PAD = "<|pad|>"
+
+
+def build_tokenizer(lines: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token=None))
+    # Digits one by one (as Llama/OLMo-style tokenizers do) so arithmetic is learnable by a tiny model.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS_EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(lines, trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS_EOS, eos_token=BOS_EOS, pad_token=PAD,
+                                 unk_token=None, model_max_length=10**6)
+    hf.chat_template = chat_template()
+    return hf
+
+
+def build_model(tokenizer, cfg: dict, seed: int) -> Olmo2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Olmo2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        num_hidden_layers=cfg["num_hidden_layers"],
+        num_attention_heads=cfg["num_attention_heads"],
+        num_key_value_heads=cfg["num_attention_heads"],
+        max_position_embeddings=cfg["max_position_embeddings"],
+        rope_theta=500000.0,
+        rms_norm_eps=1e-6,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = Olmo2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def pretrain(model, tokenizer, rows: list[dict], cfg: dict, seed: int, workdir: Path):
+    """Supervised pre-training through TRL's SFTTrainer (loss on the assistant turn, like an instruct model)."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(workdir), max_steps=cfg["pretrain_steps"], per_device_train_batch_size=cfg["pretrain_batch_size"],
+        learning_rate=cfg["pretrain_lr"], lr_scheduler_type="cosine", warmup_steps=max(1, cfg["pretrain_steps"] // 20),
+        weight_decay=0.0, logging_steps=max(1, cfg["pretrain_steps"] // 20), save_strategy="no", report_to="none",
+        bf16=False, use_cpu=True, gradient_checkpointing=False, max_length=cfg["max_position_embeddings"],
+        seed=seed, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.train()
+    return trainer.state.log_history
+
+
+def build_base(data_dir, out_dir, cfg: dict, seed: int) -> list[dict]:
+    """Build, pre-train and save the base model as a normal HF folder; returns the training log."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    world = {p.stem: data.read_jsonl(p) for p in data_dir.glob("*.jsonl")}
+    tokenizer = build_tokenizer(data.corpus_lines(world), cfg["vocab_size"])
+    model = build_model(tokenizer, cfg, seed)
+    log.info("built Olmo2ForCausalLM with %d parameters, vocab %d", model.num_parameters(), len(tokenizer))
+    history = pretrain(model, tokenizer, world["pretrain"], cfg, seed, out_dir.parent / (out_dir.name + ".work"))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return history

@@ -1,0 +1,61 @@
+"""Select parameters by name: glob patterns with {a..b} ranges and {x,y} alternatives, or "re:" regexes."""
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import re
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """'model.layers.{1..3}.mlp.*' -> ['model.layers.1.mlp.*', 'model.layers.2.mlp.*', 'model.layers.3.mlp.*']."""
+    parts, last = [], 0
+    for m in _BRACE.finditer(pattern):
+        parts.append([pattern[last:m.start()]])
+        body = m.group(1)
+        rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+        if rng:
+            lo, hi = int(rng.group(1)), int(rng.group(2))
+            if lo > hi:
+                raise ValueError(f"empty range {{{body}}} in pattern {pattern!r}")
+            parts.append([str(i) for i in range(lo, hi + 1)])
+        else:
+            parts.append(body.split(","))
+        last = m.end()
+    parts.append([pattern[last:]])
+    return ["".join(p) for p in itertools.product(*parts)]
+
+
+def matcher(pattern: str):
+    if pattern.startswith("re:"):
+        rx = re.compile(pattern[3:])
+        return lambda name: rx.fullmatch(name) is not None
+    globs = expand_braces(pattern)
+    return lambda name: any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def select(names: list[str], patterns: list[str], where: str) -> set[str]:
+    """Names matched by any pattern. A pattern that matches nothing is an error naming `where` and the pattern."""
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hit = {n for n in names if matcher(pattern)(n)}
+        if not hit:
+            sample = ", ".join(names[:3])
+            raise ValueError(f"{where}: pattern {pattern!r} matches no parameter (names look like: {sample}, ...)")
+        chosen |= hit
+    return chosen
+
+
+def apply_trainable(model, freeze: list[str] | None, train_only: list[str] | None, where: str) -> list[str]:
+    """Set requires_grad from the run's freeze/train_only patterns; return the names that stay trainable."""
+    names = [n for n, _ in model.named_parameters()]
+    if train_only:
+        trainable = select(names, train_only, f"{where}.train_only")
+    else:
+        trainable = set(names) - select(names, freeze or [], f"{where}.freeze")
+    if not trainable:
+        raise ValueError(f"{where}: the freeze patterns leave no parameter trainable")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    return [n for n in names if n in trainable]

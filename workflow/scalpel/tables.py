@@ -1,0 +1,138 @@
+"""Gather eval scores and weight diffs into the tidy tables the figures and the report read."""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from scalpel.diff import MODULES
+
+SCORE_COLUMNS = ["run", "step", "task", "metric", "value", "stderr"]
+BASE = "base"
+# Names that must stay strings even when they look like numbers (a run called "1e-5").
+_TEXT = {"run": str, "task": str, "metric": str, "module": str, "method": str, "numerator": str, "denominator": str}
+
+
+def read_tsv(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=_TEXT)
+
+
+def write_tsv(df: pd.DataFrame, path) -> None:
+    """Write next to `path`, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_csv(tmp, sep="\t", index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def final_step(runs: dict, run: str) -> int:
+    return max(runs[run]["checkpoint_steps"])
+
+
+def _known(runs: dict, names, where: str) -> None:
+    unknown = sorted(set(names) - set(runs))
+    if unknown:
+        raise ValueError(f"{where}: runs {unknown} are not in the spec (runs: {', '.join(runs)})")
+
+
+def _in_order(df: pd.DataFrame, by: list[str], runs=None) -> pd.DataFrame:
+    """Sort by `by`, with modules in MODULES order and runs in spec order (when `runs` is given)."""
+    order = {"module": list(MODULES), "run": list(runs or ())}
+    return df.sort_values(by, ignore_index=True,
+                          key=lambda col: col.map(order[col.name].index) if order.get(col.name) else col)
+
+
+def scores_table(eval_files) -> pd.DataFrame:
+    frames = [read_tsv(f) for f in eval_files]
+    if not frames:
+        return pd.DataFrame(columns=SCORE_COLUMNS)
+    scores = pd.concat(frames, ignore_index=True)
+    missing = set(SCORE_COLUMNS) - set(scores.columns)
+    if missing:
+        raise ValueError(f"eval tables lack columns {sorted(missing)}")
+    return scores[SCORE_COLUMNS].sort_values(["run", "step", "task", "metric"], ignore_index=True)
+
+
+def updates_table(diff_files, runs: dict) -> pd.DataFrame:
+    """All diff parquets, with each run's method and how far through its training the checkpoint is."""
+    updates = pd.concat([pd.read_parquet(f) for f in diff_files], ignore_index=True)
+    _known(runs, updates.run, "diff tables")
+    updates.insert(2, "method", updates.run.map(lambda r: runs[r]["method"]))
+    updates.insert(3, "pct_training", 100.0 * updates.step / updates.run.map(lambda r: final_step(runs, r)))
+    return _in_order(updates, ["run", "step", "layer", "module"], runs)
+
+
+def module_means(updates: pd.DataFrame) -> pd.DataFrame:
+    """Mean rel_update over layers, per run x checkpoint x module."""
+    keys = ["run", "method", "step", "pct_training", "module"]
+    means = updates.groupby(keys, as_index=False, sort=False).rel_update.mean()
+    runs_seen = list(dict.fromkeys(updates.run))
+    return _in_order(means.rename(columns={"rel_update": "mean_rel_update"}), ["run", "step", "module"], runs_seen)
+
+
+def _one_score(scores: pd.DataFrame, run: str, step: int, task: str, metric: str) -> float:
+    hit = scores[(scores.run == run) & (scores.step == step) & (scores.task == task) & (scores.metric == metric)]
+    if len(hit) != 1:
+        raise ValueError(f"{len(hit)} scores for run={run} step={step} task={task} metric={metric}, expected 1")
+    return float(hit.value.iloc[0])
+
+
+def summary(scores: pd.DataFrame, updates: pd.DataFrame, runs: dict, primary: dict) -> pd.DataFrame:
+    """One row per model (base, then each run's final checkpoint): primary score per task, mean rel_update."""
+    rows = []
+    for run, method, step in [(BASE, BASE, 0)] + [(r, spec["method"], final_step(runs, r)) for r, spec in runs.items()]:
+        row = {"run": run, "method": method, "step": step}
+        row.update({task: _one_score(scores, run, step, task, metric) for task, metric in primary.items()})
+        if run == BASE:
+            row["mean_rel_update"] = float("nan")
+        else:
+            final = updates[(updates.run == run) & (updates.step == step)]
+            if final.empty:
+                raise ValueError(f"no weight diff for run={run} at its final step {step}")
+            row["mean_rel_update"] = float(final.rel_update.mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ratios(summary: pd.DataFrame, runs: dict) -> pd.DataFrame:
+    """How many times more an SFT run moved the weights than a GRPO run, at final checkpoints (every pair)."""
+    mean = summary.set_index("run").mean_rel_update
+    by_method = {m: [r for r, spec in runs.items() if spec["method"] == m] for m in ("sft", "grpo")}
+    rows = [{"numerator": s, "denominator": g, "ratio": float(mean[s] / mean[g])}
+            for s in by_method["sft"] for g in by_method["grpo"]]
+    return pd.DataFrame(rows, columns=["numerator", "denominator", "ratio"])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Aggregate eval TSVs and weight-diff parquets into tidy tables.")
+    ap.add_argument("--eval", nargs="+", required=True, help="eval TSVs (run, step, task, metric, value, stderr)")
+    ap.add_argument("--diff", nargs="+", required=True, help="diff parquets from scalpel.diff")
+    ap.add_argument("--spec", required=True, help="YAML with runs: {name: {method, checkpoint_steps}}, primary: {task: metric}")
+    ap.add_argument("--outdir", required=True)
+    args = ap.parse_args(argv)
+    spec = yaml.safe_load(Path(args.spec).read_text())
+    runs, primary = spec["runs"], spec["primary"]
+
+    scores = scores_table(args.eval)
+    updates = updates_table(args.diff, runs)
+    table = summary(scores, updates, runs, primary)
+    out = Path(args.outdir)
+    write_tsv(scores, out / "scores.tsv")
+    write_tsv(updates, out / "updates.tsv")
+    write_tsv(module_means(updates), out / "update_module_means.tsv")
+    write_tsv(table, out / "summary.tsv")
+    write_tsv(ratios(table, runs), out / "ratios.tsv")
+
+
+if __name__ == "__main__":
+    main()

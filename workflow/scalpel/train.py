@@ -1,0 +1,130 @@
+"""One training run (GRPO or SFT) through TRL, with checkpoints exported as plain HF folders on the spec's schedule.
+
+Trainer state (optimizer, scheduler, RNG) and the checkpoints exported so far live in `state_dir`, which the
+workflow never declares as an output, so a killed job keeps them and a rerun resumes from the newest complete
+checkpoint. Only a finished run moves its checkpoints into the declared output folder and drops the state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import data, params, rewards
+
+log = logging.getLogger(__name__)
+MODEL_FILES = ("config.json", "generation_config.json", "chat_template.jinja", "special_tokens_map.json",
+               "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json")
+
+
+def export_checkpoint(src: Path, dest: Path) -> None:
+    """Copy the loadable model files of a trainer checkpoint to `dest`, atomically (tmp folder, then rename)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = [p.name for p in src.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name in MODEL_FILES)]
+    if not any(n.endswith(".safetensors") for n in names):
+        raise FileNotFoundError(f"{src} holds no safetensors weights (ZeRO-3 needs zero3_save_16bit_model)")
+    for name in names:
+        shutil.copy2(src / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+class CheckpointSchedule(TrainerCallback):
+    """Save at exactly the spec's checkpoint steps and export each save to `<export_dir>/step-<N>`."""
+
+    def __init__(self, steps: list[int], export_dir: Path):
+        self.steps, self.export_dir = set(steps), export_dir
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step in self.steps:
+            src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            export_checkpoint(src, self.export_dir / f"step-{state.global_step}")
+            log.info("exported checkpoint step %d", state.global_step)
+        return control
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_state_dir(state_dir: Path, spec: dict) -> str | None:
+    """Return the checkpoint to resume from, after wiping state left by a different spec."""
+    stamp = state_dir / "spec.sha256"
+    digest = spec_hash(spec)
+    if state_dir.exists() and (not stamp.exists() or stamp.read_text() != digest):
+        log.warning("trainer state in %s belongs to another spec: starting from step 0", state_dir)
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
+    last = get_last_checkpoint(str(state_dir))
+    if last and not (Path(last) / "trainer_state.json").exists():
+        last = None  # a half-written checkpoint is never resumed from
+    if last:
+        log.info("resuming from %s", last)
+    return last
+
+
+def trainer_args(spec: dict, state_dir: Path) -> dict:
+    args = dict(spec["args"])
+    args.update(output_dir=str(state_dir), max_steps=spec["steps"], save_strategy="no", seed=spec["seed"])
+    args.setdefault("save_total_limit", 1)
+    args.setdefault("report_to", "none")
+    vllm = spec["launch"].get("vllm", {})
+    if spec["method"] == "grpo" and vllm.get("enabled"):
+        args.update(use_vllm=True, vllm_mode=vllm["mode"], vllm_gpu_memory_utilization=vllm["gpu_memory_utilization"])
+    return args
+
+
+def build_trainer(spec: dict, base: str, data_file: str, state_dir: Path):
+    from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+    config_cls = GRPOConfig if spec["method"] == "grpo" else SFTConfig
+    try:
+        args = config_cls(**trainer_args(spec, state_dir))  # built before the model so ZeRO-3 init can shard it
+    except TypeError as err:
+        raise ValueError(f"runs.{spec['name']}.args: {err}") from None
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=spec["model_dtype"], trust_remote_code=False)
+    trainable = params.apply_trainable(model, spec.get("freeze"), spec.get("train_only"), f"runs.{spec['name']}")
+    log.info("%d of %d parameter tensors trainable", len(trainable), len(list(model.parameters())))
+    dataset = Dataset.from_list(data.read_jsonl(data_file))
+    callbacks = [CheckpointSchedule(spec["checkpoint_steps"], state_dir / "exports")]
+    if spec["method"] == "grpo":
+        return GRPOTrainer(model=model, reward_funcs=[rewards.accuracy_reward, rewards.format_reward], args=args,
+                           train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+
+
+def run(spec_file: str, base: str, data_file: str, checkpoint_dir: str, state_dir: str, log_file: str) -> None:
+    spec = yaml.safe_load(Path(spec_file).read_text())
+    checkpoint_dir, state_dir = Path(checkpoint_dir), Path(state_dir)
+    resume = prepare_state_dir(state_dir, spec)
+    trainer = build_trainer(spec, base, data_file, state_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    if not trainer.is_world_process_zero():
+        return
+    exports = state_dir / "exports"
+    missing = [s for s in spec["checkpoint_steps"] if not (exports / f"step-{s}").is_dir()]
+    if missing:
+        raise RuntimeError(f"training ended without checkpoints for steps {missing} in {exports}")
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    for step in spec["checkpoint_steps"]:
+        (exports / f"step-{step}").rename(checkpoint_dir / f"step-{step}")
+    if (state_dir / "completions").is_dir():
+        shutil.copytree(state_dir / "completions", checkpoint_dir.parent / "completions", dirs_exist_ok=True)
+    Path(log_file).write_text(json.dumps(trainer.state.log_history, indent=1))
+    shutil.rmtree(state_dir)
