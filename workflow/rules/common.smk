@@ -9,7 +9,7 @@ from snakemake.utils import validate
 # Rules run this checkout's own package, whatever is installed in their environment.
 PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")]))
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")])))
 
 from scalpel import config as study_config  # noqa: E402
 

@@ -110,18 +110,24 @@ def math_problems(rng: random.Random, n: int, levels: list[int], exclude: set[st
     return rows
 
 
-def instruction_probes(rng: random.Random, facts_rows: list[dict], n: int) -> list[dict]:
-    """n checkable instructions, half of each kind; `target` is the only accepted reply (IFEval's strict accuracy)."""
+def instruction_probes(rng: random.Random, facts_rows: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    """(eval, train): n held-out checkable instructions, half of each kind, and every other candidate for training.
+
+    `target` is the only accepted reply (IFEval's strict prompt-level accuracy).
+    """
     repeat = [{"kind": "repeat", "prompt": f'Repeat the word "{w}" {t} times.', "target": " ".join([w] * t)}
               for w in WORDS for t in range(2, 6)]
     upper = [{"kind": "uppercase", "prompt": f"Answer in capital letters only. {f['question']}",
               "target": f["answer"].upper()} for f in facts_rows]
-    if n // 2 > min(len(repeat), len(upper)):
-        raise ValueError(f"data.synthetic.instruction_probes: at most {2 * min(len(repeat), len(upper)) // 2} "
-                         f"probes per split can be made from {len(WORDS)} words and {len(facts_rows)} facts")
-    rows = rng.sample(repeat, n // 2) + rng.sample(upper, n - n // 2)
-    rng.shuffle(rows)
-    return rows
+    if n - n // 2 > min(len(repeat), len(upper)) // 2:
+        raise ValueError(f"data.synthetic.instruction_probes: {n} is too many; at most "
+                         f"{min(len(repeat), len(upper))} can be held out from {len(WORDS)} words and "
+                         f"{len(facts_rows)} facts")
+    rng.shuffle(repeat)
+    rng.shuffle(upper)
+    held_out = repeat[: n // 2] + upper[: n - n // 2]
+    rng.shuffle(held_out)
+    return held_out, repeat[n // 2:] + upper[n - n // 2:]
 
 
 def _chat(prompt: str, completion: str | None = None) -> dict:
@@ -138,15 +144,14 @@ def build_world(seed: int, cfg: dict) -> dict[str, list[dict]]:
     seen: set[str] = set()
     top = cfg["max_operand"]
     eval_math = math_problems(rng, cfg["eval_problems"] * 3, [1, 2, 3], seen, top)
-    probes = instruction_probes(rng, fact_rows, cfg["instruction_probes"] * 2)
-    eval_probes, train_probes = probes[: cfg["instruction_probes"]], probes[cfg["instruction_probes"]:]
+    eval_probes, train_probes = instruction_probes(rng, fact_rows, cfg["instruction_probes"])
     pre_math = math_problems(rng, cfg["train_problems"], cfg["pretrain_math_levels"], seen, top)
     post_math = math_problems(rng, cfg["train_problems"], cfg["train_levels"], seen, top)
 
     pretrain = (
         [_chat(r["problem"], r["terse"]) for r in pre_math]
         + [_chat(f["question"], f["answer"]) for f in fact_rows] * 8
-        + [_chat(p["prompt"], p["target"]) for p in train_probes] * 8
+        + [_chat(p["prompt"], p["target"]) for p in train_probes] * 4
     )
     rng.shuffle(pretrain)
     return {
@@ -161,7 +166,8 @@ def build_world(seed: int, cfg: dict) -> dict[str, list[dict]]:
 
 def corpus_lines(world: dict[str, list[dict]]) -> list[str]:
     """Every text the tokenizer should cover."""
-    lines = [SYSTEM_PROMPT] * len(world["pretrain"])  # BPE merges follow frequency: every example has it
+    # BPE merges follow frequency: every example carries the system prompt and the role markers.
+    lines = [SYSTEM_PROMPT, "<|system|>\n", "<|user|>\n", "<|assistant|>\n"] * len(world["pretrain"])
     for row in world["pretrain"] + world["sft"]:
         lines += [m["content"] for m in row["prompt"][1:] + row.get("completion", [])]
     lines += [r["solution"] for name, rows in world.items() if name.startswith("eval_math") for r in rows]

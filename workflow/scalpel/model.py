@@ -20,10 +20,14 @@ PAD = "<|pad|>"
 
 def build_tokenizer(lines: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=None))
-    # Digits one by one (as Llama/OLMo-style tokenizers do) so arithmetic is learnable by a tiny model.
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
+    # Merges may span spaces (the authors' long system prompt then costs a few tokens, not a hundred), but not
+    # newlines, so a chat turn always starts on a token boundary (lm-eval splits context and continuation there);
+    # digits stay one by one, as in Llama/OLMo-style tokenizers, so arithmetic is learnable by a tiny model.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS_EOS, PAD],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -66,7 +70,7 @@ def pretrain(model, tokenizer, rows: list[dict], cfg: dict, seed: int, workdir: 
         learning_rate=cfg["pretrain_lr"], lr_scheduler_type="cosine", warmup_steps=max(1, cfg["pretrain_steps"] // 20),
         weight_decay=0.0, logging_steps=max(1, cfg["pretrain_steps"] // 20), save_strategy="no", report_to="none",
         bf16=False, use_cpu=True, gradient_checkpointing=False, max_length=cfg["max_position_embeddings"],
-        seed=seed, dataloader_num_workers=0,
+        seed=seed, dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()

@@ -83,6 +83,7 @@ def trainer_args(spec: dict, state_dir: Path) -> dict:
     args.update(output_dir=str(state_dir), max_steps=spec["steps"], save_strategy="no", seed=spec["seed"])
     args.setdefault("save_total_limit", 1)
     args.setdefault("report_to", "none")
+    args.setdefault("disable_tqdm", True)  # log lines, not progress bars, in the job logs
     vllm = spec["launch"].get("vllm", {})
     if spec["method"] == "grpo" and vllm.get("enabled"):
         args.update(use_vllm=True, vllm_mode=vllm["mode"], vllm_gpu_memory_utilization=vllm["gpu_memory_utilization"])

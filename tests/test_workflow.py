@@ -1,0 +1,133 @@
+"""The smoke study through real Snakemake, TRL, lm-eval and safetensors, with assertions on the values it produces."""
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
+SMOKE = ROOT / "tests/smoke/config.yaml"
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(SMOKE), "--cores", "2", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    snakemake(workdir)
+    return workdir
+
+
+def table(study, name):
+    return pd.read_csv(study / "results/tables" / name, sep="\t")
+
+
+def test_every_checkpoint_is_evaluated(study):
+    scores = table(study, "scores.tsv")
+    models = set(zip(scores.run, scores.step))
+    assert models == {("base", 0), ("grpo", 2), ("grpo", 4), ("sft", 2), ("sft", 4), ("sft_frozen_mid_mlp", 4),
+                      ("sft_qk_only", 4)}
+    assert scores.value.between(0, 1).all()
+    # final_only: the instruction probes run on the base and final checkpoints only.
+    probes = scores[scores.task == "mini_instructions"]
+    assert set(zip(probes.run, probes.step)) == models - {("grpo", 2), ("sft", 2)}
+    # 8 problems per level: accuracies are multiples of 1/8 with a binomial stderr.
+    maths = scores[(scores.task == "mini_math_l1") & (scores.metric == "accuracy")]
+    assert ((maths.value * 8).round(9) % 1 == 0).all()
+    p = maths.value
+    assert (maths.stderr - (p * (1 - p) / 7) ** 0.5).abs().max() < 1e-9
+
+
+def test_base_model_learned_its_facts(study):
+    scores = table(study, "scores.tsv")
+    base_facts = scores.query("run == 'base' and task == 'mini_facts' and metric == 'acc'").value.item()
+    assert base_facts > 0.5  # 4 choices: chance is 0.25
+
+
+def test_updates_follow_what_was_trainable(study):
+    updates = table(study, "updates.tsv")
+    assert len(updates) == 4 * 7 * 6  # layers x modules x (2 + 2 + 1 + 1 checkpoints)
+    frozen = updates[updates.run == "sft_frozen_mid_mlp"]
+    is_frozen_mlp = frozen.layer.isin([1, 2]) & frozen.module.isin(["gate_proj", "up_proj", "down_proj"])
+    assert (frozen[is_frozen_mlp].rel_update == 0).all()
+    assert (frozen[~is_frozen_mlp].rel_update > 0).all()
+    qk = updates[updates.run == "sft_qk_only"]
+    assert (qk[qk.module.isin(["q_proj", "k_proj"])].rel_update > 0).all()
+    assert (qk[~qk.module.isin(["q_proj", "k_proj"])].rel_update == 0).all()
+    sft = updates[updates.run == "sft"]
+    assert (sft[sft.step == 4].rel_update.to_numpy() >= 0).all()
+    # Updates accumulate: the mean update of a run grows from its first to its last checkpoint.
+    for run in ("grpo", "sft"):
+        means = updates[updates.run == run].groupby("step").rel_update.mean()
+        assert means[4] > means[2] > 0
+
+
+def test_summary_and_ratio(study):
+    summary = table(study, "summary.tsv").set_index("run")
+    assert math.isnan(summary.loc["base", "mean_rel_update"])
+    updates = table(study, "updates.tsv")
+    final = updates[updates.step == 4].groupby("run").rel_update.mean()
+    assert summary.loc["sft", "mean_rel_update"] == pytest.approx(final["sft"], rel=1e-9)
+    ratios = table(study, "ratios.tsv")
+    row = ratios[(ratios.numerator == "sft") & (ratios.denominator == "grpo")]
+    assert row.ratio.item() == pytest.approx(final["sft"] / final["grpo"], rel=1e-9)
+
+
+def test_grpo_logged_scored_completions(study):
+    files = sorted((study / "results/runs/grpo/completions").glob("*.parquet"))
+    assert len(files) == 4
+    logged = pd.concat(pd.read_parquet(f) for f in files)
+    assert set(logged.accuracy_reward.dropna().unique()) <= {0.0, 1.0}
+    assert set(logged.format_reward.unique()) <= {0.0, 1.0}
+    assert not (study / "results/runs/grpo/state").exists()  # trainer state is dropped once the run is done
+
+
+def test_checkpoints_are_loadable_hf_folders(study):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(study / "results/runs/sft/checkpoints/step-2")
+    assert model.config.num_hidden_layers == 4
+    assert (study / "results/runs/sft/checkpoints/step-2/model.safetensors").is_file()
+
+
+def test_report_and_rerun_behaviour(study):
+    for name in ("update_heatmaps", "update_trajectories", "scores_final", "scores_by_step"):
+        assert (study / f"results/figures/{name}.png").stat().st_size > 10_000
+    assert "Nothing to be done" in snakemake(study, "-n").stdout
+    # Forcing one evaluation reruns it and what depends on it, nothing else.
+    plan = snakemake(study, "-n", "-R", "evaluate", "results/eval/grpo/step-2.tsv", "results/tables/summary.tsv")
+    counts = dict(line.split()[::-1] for line in plan.stdout.splitlines()
+                  if len(line.split()) == 2 and line.split()[1].isdigit() and line.split()[0] != "total")
+    assert counts.get("evaluate") and "train_sft" not in counts and "train_grpo" not in counts
+    report = study / "report.html"
+    snakemake(study, "--report", str(report))
+    html = report.read_text(errors="replace")
+    assert "update_heatmaps.png" in html and "scores_final.png" in html
+
+
+def test_bad_config_fails_at_once_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("sft_qk_only: {inherit: sft,", "sft_qk_only: {inherit: sfft,"))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(bad), "-n"], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "runs.sft_qk_only.inherit: no run named 'sfft'" in proc.stdout + proc.stderr
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--lint"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
