@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A --configfile replaces the default config instead of being merged into it, so that a study's runs are exactly
+# the ones its file declares (schema defaults fill in the rest).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 report: "workflow/report/workflow.rst"

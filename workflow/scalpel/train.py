@@ -15,7 +15,6 @@ from pathlib import Path
 import yaml
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import data, params, rewards
 
@@ -70,12 +69,13 @@ def prepare_state_dir(state_dir: Path, spec: dict) -> str | None:
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest)
-    last = get_last_checkpoint(str(state_dir))
-    if last and not (Path(last) / "trainer_state.json").exists():
-        last = None  # a half-written checkpoint is never resumed from
-    if last:
-        log.info("resuming from %s", last)
-    return last
+    # The trainer writes trainer_state.json last: a checkpoint without it was cut off while saving.
+    complete = [p for p in state_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not complete:
+        return None
+    last = max(complete, key=lambda p: int(p.name.split("-")[1]))
+    log.info("resuming from %s", last)
+    return str(last)
 
 
 def trainer_args(spec: dict, state_dir: Path) -> dict:
@@ -114,11 +114,15 @@ def run(spec_file: str, base: str, data_file: str, checkpoint_dir: str, state_di
     spec = yaml.safe_load(Path(spec_file).read_text())
     checkpoint_dir, state_dir = Path(checkpoint_dir), Path(state_dir)
     resume = prepare_state_dir(state_dir, spec)
+    exports = state_dir / "exports"
+    if resume:  # a job killed between saving and exporting: export that checkpoint now
+        step = int(Path(resume).name.split("-")[1])
+        if step in spec["checkpoint_steps"] and not (exports / f"step-{step}").is_dir():
+            export_checkpoint(Path(resume), exports / f"step-{step}")
     trainer = build_trainer(spec, base, data_file, state_dir)
     trainer.train(resume_from_checkpoint=resume)
     if not trainer.is_world_process_zero():
         return
-    exports = state_dir / "exports"
     missing = [s for s in spec["checkpoint_steps"] if not (exports / f"step-{s}").is_dir()]
     if missing:
         raise RuntimeError(f"training ended without checkpoints for steps {missing} in {exports}")
