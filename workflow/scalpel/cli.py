@@ -36,9 +36,10 @@ def _evaluate(a):
 
 
 def _forward(module_name):
-    def call(a):
+    def call(a, rest):
         import importlib
-        importlib.import_module(f"scalpel.{module_name}").main(a.rest)
+        importlib.import_module(f"scalpel.{module_name}").main(rest)
+    call.forwards = True
     return call
 
 
@@ -89,16 +90,21 @@ def parser() -> argparse.ArgumentParser:
     for name, module_name, help_ in [("diff", "diff", "relative update per layer x module vs the base"),
                                      ("tables", "tables", "aggregate evals and diffs into tables"),
                                      ("plots", "plots", "the paper's figures from the tables")]:
-        s = sub.add_parser(name, help=help_, add_help=False)
-        s.add_argument("rest", nargs=argparse.REMAINDER)
+        s = sub.add_parser(name, help=help_, add_help=False)  # its own parser reads the rest of the line
         s.set_defaults(func=_forward(module_name))
     return p
 
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parser().parse_args(argv)
-    args.func(args)
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if getattr(args.func, "forwards", False):
+        args.func(args, rest)
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    else:
+        args.func(args)
 
 
 if __name__ == "__main__":

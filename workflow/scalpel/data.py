@@ -20,7 +20,8 @@ ATTRIBUTES = {
     "food": ("What does the {e} eat?", ["fish", "seeds", "grass", "berries", "insects", "honey", "roots", "bread"]),
 }
 WORDS = ["apple", "stone", "cloud", "river", "lamp", "tiger", "bell", "moon", "chair", "glass", "tree", "coin",
-         "door", "hat", "star", "boat", "rope", "kite", "drum", "leaf"]
+         "door", "hat", "star", "boat", "rope", "kite", "drum", "leaf", "sock", "fork", "nest", "ring", "shoe", "wolf",
+         "corn", "milk", "sand", "wave"]
 NAMES = ["Ana", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Leo", "Mia"]
 ITEMS = ["apples", "marbles", "books", "coins", "shells", "stamps"]
 SYLLABLES = ["zor", "bla", "kin", "dru", "mef", "tal", "quo", "vin", "rax", "pel", "sno", "gri", "lum", "fex"]
@@ -116,7 +117,7 @@ def instruction_probes(rng: random.Random, facts_rows: list[dict], n: int) -> tu
     `target` is the only accepted reply (IFEval's strict prompt-level accuracy).
     """
     repeat = [{"kind": "repeat", "prompt": f'Repeat the word "{w}" {t} times.', "target": " ".join([w] * t)}
-              for w in WORDS for t in range(2, 6)]
+              for w in WORDS for t in (2, 3)]
     upper = [{"kind": "uppercase", "prompt": f"Answer in capital letters only. {f['question']}",
               "target": f["answer"].upper()} for f in facts_rows]
     if n - n // 2 > min(len(repeat), len(upper)) // 2:
@@ -148,8 +149,12 @@ def build_world(seed: int, cfg: dict) -> dict[str, list[dict]]:
     pre_math = math_problems(rng, cfg["train_problems"], cfg["pretrain_math_levels"], seen, top)
     post_math = math_problems(rng, cfg["train_problems"], cfg["train_levels"], seen, top)
 
+    # The base model's own style is terse; it has seen worked solutions (the SFT style) only now and then, as a
+    # pre-trained model has seen some long reasoning without being tuned to produce it.
+    n_worked = int(len(pre_math) * cfg["pretrain_worked_fraction"])
     pretrain = (
-        [_chat(r["problem"], r["terse"]) for r in pre_math]
+        [_chat(r["problem"], r["worked"]) for r in pre_math[:n_worked]]
+        + [_chat(r["problem"], r["terse"]) for r in pre_math[n_worked:]]
         + [_chat(f["question"], f["answer"]) for f in fact_rows] * 8
         + [_chat(p["prompt"], p["target"]) for p in train_probes] * 4
     )

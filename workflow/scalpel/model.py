@@ -62,7 +62,7 @@ def build_model(tokenizer, cfg: dict, seed: int) -> Olmo2ForCausalLM:
 
 
 def pretrain(model, tokenizer, rows: list[dict], cfg: dict, seed: int, workdir: Path):
-    """Supervised pre-training through TRL's SFTTrainer (loss on the assistant turn, like an instruct model)."""
+    """Pre-training through TRL's SFTTrainer, with loss on every token (template and prompts included)."""
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -70,7 +70,7 @@ def pretrain(model, tokenizer, rows: list[dict], cfg: dict, seed: int, workdir: 
         learning_rate=cfg["pretrain_lr"], lr_scheduler_type="cosine", warmup_steps=max(1, cfg["pretrain_steps"] // 20),
         weight_decay=0.0, logging_steps=max(1, cfg["pretrain_steps"] // 20), save_strategy="no", report_to="none",
         bf16=False, use_cpu=True, gradient_checkpointing=False, max_length=cfg["max_position_embeddings"],
-        seed=seed, dataloader_num_workers=0, disable_tqdm=True,
+        seed=seed, dataloader_num_workers=0, disable_tqdm=True, completion_only_loss=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
