@@ -58,7 +58,7 @@ def test_resolve_inherits_and_merges_defaults(default_config):
     assert frozen["args"]["learning_rate"] == default_config["train_defaults"]["sft"]["learning_rate"]
     assert "freeze" not in runs["sft"]
     assert runs["grpo"]["args"]["reward_weights"] == [1.0, 0.2]
-    assert runs["grpo"]["checkpoint_steps"] == [10, 20, 30, 40]
+    assert runs["grpo"]["checkpoint_steps"] == [15, 30, 45, 60]
 
 
 @pytest.mark.parametrize(

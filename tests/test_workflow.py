@@ -1,7 +1,6 @@
 """The smoke study through real Snakemake, TRL, lm-eval and safetensors, with assertions on the values it produces."""
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -12,6 +12,14 @@ rule run_spec:
         "../scripts/write_spec.py"
 
 
+# Trainer state lives outside the declared outputs, so that a failed job keeps it and the rerun resumes.
+TRAIN_SHELL = (
+    "OMP_NUM_THREADS={threads} python -m scalpel train --spec {input.spec} --base {input.base}"
+    " --data {input.data} --checkpoints {output.checkpoints} --state {params.state}"
+    " --log-history {output.history} > {log} 2>&1"
+)
+
+
 rule train_grpo:
     input:
         spec="results/runs/{run}/spec.yaml",
@@ -33,9 +41,7 @@ rule train_grpo:
     conda:
         "../../envs/train.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel train --spec {input.spec} --base {input.base}"
-        " --data {input.data} --checkpoints {output.checkpoints} --state {params.state}"
-        " --log-history {output.history} > {log} 2>&1"
+        TRAIN_SHELL
 
 
 rule train_sft:
@@ -58,6 +64,4 @@ rule train_sft:
     conda:
         "../../envs/train.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel train --spec {input.spec} --base {input.base}"
-        " --data {input.data} --checkpoints {output.checkpoints} --state {params.state}"
-        " --log-history {output.history} > {log} 2>&1"
+        TRAIN_SHELL

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 from .chat import SYSTEM_PROMPT, system_message
+from .io import atomic_output
 
 ATTRIBUTES = {
     "colour": ("What colour is the {e}?", ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]),
@@ -179,13 +180,10 @@ def corpus_lines(world: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
+def write_jsonl(rows: list[dict], path) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
-    tmp.replace(path)
 
 
 def read_jsonl(path) -> list[dict]:

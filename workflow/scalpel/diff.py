@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 from safetensors import safe_open
+
+from scalpel.io import atomic_output
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_CHUNK_ROWS = 1024
@@ -95,17 +95,8 @@ def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
 
 
 def write_parquet(df: pd.DataFrame, out) -> None:
-    """Write next to `out`, then rename: a reader never sees half a file."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(out) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv=None) -> None:

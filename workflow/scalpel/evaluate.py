@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .io import atomic_output
+
 log = logging.getLogger(__name__)
 COLUMNS = ["run", "step", "task", "metric", "value", "stderr"]
 
@@ -67,7 +69,6 @@ def run(checkpoint: str, tasks: list[str], task_dir: str | None, out_tsv: str, *
             for s in samples:
                 fh.write(json.dumps({"task": task, "doc": s["doc"], "resps": s["resps"],
                                      "filtered_resps": s["filtered_resps"]}, default=str) + "\n")
-    tmp = out.with_suffix(".tmp")
-    table.to_csv(tmp, sep="\t", index=False)
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
     return table

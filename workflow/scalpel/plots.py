@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from scalpel.diff import MODULES
+from scalpel.io import atomic_output
 from scalpel.tables import BASE, read_tsv
 
 LINESTYLE = {"grpo": "-", "sft": "--"}
@@ -28,16 +27,8 @@ def _colors(run_names) -> dict:
 
 
 def _save(fig: Figure, out_png) -> None:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-        os.replace(tmp, out_png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def final_checkpoints(updates: pd.DataFrame) -> pd.DataFrame:

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from scalpel.diff import MODULES
+from scalpel.io import atomic_output
 
 SCORE_COLUMNS = ["run", "step", "task", "metric", "value", "stderr"]
 BASE = "base"
@@ -22,17 +21,8 @@ def read_tsv(path) -> pd.DataFrame:
 
 
 def write_tsv(df: pd.DataFrame, path) -> None:
-    """Write next to `path`, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def final_step(runs: dict, run: str) -> int:
