@@ -24,6 +24,12 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """The job counts of a dry run (Snakemake's 'Job stats' table)."""
+    stats = snakemake(workdir, "-n", *args).stdout.split("Job stats:")[1].split("Reasons:")[0]
+    return {row.split()[0]: int(row.split()[1]) for row in stats.splitlines()[3:] if len(row.split()) == 2}
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke")
@@ -106,11 +112,12 @@ def test_report_and_rerun_behaviour(study):
     for name in ("update_heatmaps", "update_trajectories", "scores_final", "scores_by_step"):
         assert (study / f"results/figures/{name}.png").stat().st_size > 10_000
     assert "Nothing to be done" in snakemake(study, "-n").stdout
-    # Forcing one evaluation reruns it and what depends on it, nothing else.
-    plan = snakemake(study, "-n", "-R", "evaluate", "results/eval/grpo/step-2.tsv", "results/tables/summary.tsv")
-    counts = dict(line.split()[::-1] for line in plan.stdout.splitlines()
-                  if len(line.split()) == 2 and line.split()[1].isdigit() and line.split()[0] != "total")
-    assert counts.get("evaluate") and "train_sft" not in counts and "train_grpo" not in counts
+    # Forcing one checkpoint's evaluation reruns it and what depends on it, nothing else.
+    assert planned_jobs(study, "results/tables/summary.tsv", "--forcerun", "results/eval/grpo/step-2.tsv") == {
+        "evaluate": 1, "tables": 1, "total": 2}
+    # Forcing a rule reruns its jobs and their dependants: the SFT runs (2 + 1 + 1 checkpoints), not GRPO.
+    assert planned_jobs(study, "--forcerun", "train_sft") == {
+        "train_sft": 3, "diff": 4, "evaluate": 4, "tables": 1, "plots": 1, "all": 1, "total": 14}
     report = study / "report.html"
     snakemake(study, "--report", str(report))
     html = report.read_text(errors="replace")
