@@ -178,3 +178,22 @@ def test_clis_write_every_table_and_figure(inputs):
     assert [p.name for p in figures] == ["scores_by_step.png", "scores_final.png", "update_heatmaps.png",
                                          "update_trajectories.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
+
+
+def test_kl_table_and_figure(tmp_path):
+    import json
+    files = []
+    for run, spec in RUNS.items():
+        for step in spec["checkpoint_steps"]:
+            path = tmp_path / f"{run}_{step}.json"
+            path.write_text(json.dumps({"run": run, "step": step, "mean_kl": 1e-3 * step, "mean_seq_kl": 0.1 * step,
+                                        "n_examples": 5, "per_example": [0.0] * 5}))
+            files.append(path)
+    kl = tables.kl_table(files, RUNS)
+    row = kl[(kl.run == "hammer") & (kl.step == 8)].iloc[0]
+    assert (row.method, row.pct_training, row.mean_seq_kl) == ("sft", pytest.approx(100 * 8 / 12), pytest.approx(0.8))
+    lines = plots.kl_trajectories(kl, tmp_path / "kl.png")
+    assert lines["hammer"].get_linestyle() == "--" and lines["scalpel"].get_linestyle() == "-"
+    assert list(lines["2e-6"].get_ydata()) == pytest.approx([1.0, 2.0])
+    with pytest.raises(ValueError, match="KL files"):
+        tables.kl_table(files, {"hammer": RUNS["hammer"]})

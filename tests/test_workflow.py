@@ -92,6 +92,12 @@ def test_summary_and_ratio(study):
     assert row.ratio.item() == pytest.approx(final["sft"] / final["grpo"], rel=1e-9)
 
 
+def test_kl_of_every_checkpoint(study):
+    kl = table(study, "kl.tsv")
+    assert len(kl) == 6 and (kl.mean_kl > 0).all() and (kl.n_examples == 24).all()  # 8 problems x 3 levels
+    assert (kl.mean_seq_kl > 10 * kl.mean_kl).all()  # summed over tens of tokens vs averaged
+
+
 def test_grpo_logged_scored_completions(study):
     files = sorted((study / "results/runs/grpo/completions").glob("*.parquet"))
     assert len(files) == 4
@@ -109,7 +115,7 @@ def test_checkpoints_are_loadable_hf_folders(study):
 
 
 def test_report_and_rerun_behaviour(study):
-    for name in ("update_heatmaps", "update_trajectories", "scores_final", "scores_by_step"):
+    for name in ("update_heatmaps", "update_trajectories", "scores_final", "scores_by_step", "kl_trajectories"):
         assert (study / f"results/figures/{name}.png").stat().st_size > 10_000
     assert "Nothing to be done" in snakemake(study, "-n").stdout
     # Forcing one checkpoint's evaluation reruns it and what depends on it, nothing else.

@@ -34,6 +34,7 @@ rule tables:
     input:
         evals=get_eval_files(),
         diffs=get_diff_files(),
+        kl=get_kl_files(),
         spec="results/tables/spec.yaml",
     output:
         scores=report("results/tables/scores.tsv", caption="../report/scores.rst", category="Tables"),
@@ -41,19 +42,21 @@ rule tables:
         module_means="results/tables/update_module_means.tsv",
         summary=report("results/tables/summary.tsv", caption="../report/summary.rst", category="Tables"),
         ratios=report("results/tables/ratios.tsv", caption="../report/ratios.rst", category="Tables"),
+        kl=report("results/tables/kl.tsv", caption="../report/kl.rst", category="Tables"),
     log:
         "logs/tables/tables.log",
     localrule: True
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "python -m scalpel tables --eval {input.evals} --diff {input.diffs} --spec {input.spec}"
+        "python -m scalpel tables --eval {input.evals} --diff {input.diffs} --kl {input.kl} --spec {input.spec}"
         " --outdir $(dirname {output.summary}) > {log} 2>&1"
 
 
 rule plots:
     input:
         summary="results/tables/summary.tsv",
+        kl="results/tables/kl.tsv",
         spec="results/tables/spec.yaml",
     output:
         heatmaps=report(
@@ -72,6 +75,9 @@ rule plots:
         by_step=report(
             "results/figures/scores_by_step.png", caption="../report/scores_by_step.rst", category="Benchmarks"
         ),
+        kl=report(
+            "results/figures/kl_trajectories.png", caption="../report/kl_trajectories.rst", category="KL"
+        ),
     log:
         "logs/plots/plots.log",
     localrule: True
@@ -80,3 +86,25 @@ rule plots:
     shell:
         "python -m scalpel plots --tables $(dirname {input.summary}) --spec {input.spec}"
         " --outdir $(dirname {output.heatmaps}) > {log} 2>&1"
+
+
+rule kl:
+    input:
+        base=base_model_dir(),
+        model=get_model_dir,
+        reference=get_kl_reference(),
+    output:
+        "results/kl/{run}/step-{step}.json",
+    params:
+        checkpoint=get_checkpoint_path,
+        dtype=config["model"]["dtype"],
+        limit=f"--limit {config['kl']['limit']}" if config["kl"]["limit"] else "",
+    threads: 1
+    log:
+        "logs/kl/{run}/step-{step}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m scalpel kl --base {input.base} --checkpoint {params.checkpoint}"
+        " --reference {input.reference} --run {wildcards.run} --step {wildcards.step} --dtype {params.dtype}"
+        " {params.limit} --out {output} > {log} 2>&1"

@@ -82,6 +82,14 @@ def get_diff_files(wildcards=None):
     return [f"results/diff/{run}/step-{step}.parquet" for run in RUNS for _, step in checkpoints_of(run)]
 
 
+def get_kl_files(wildcards=None):
+    return [f"results/kl/{run}/step-{step}.json" for run in RUNS for _, step in checkpoints_of(run)]
+
+
+def get_kl_reference():
+    return config["kl"]["reference"] or "results/data/kl_reference.jsonl"
+
+
 def analysis_spec():
     runs = {name: {"method": spec["method"], "checkpoint_steps": spec["checkpoint_steps"]} for name, spec in RUNS.items()}
     return {"runs": runs, "primary": config["eval"]["primary_metrics"]}
@@ -94,4 +102,5 @@ def get_final_outputs():
         "results/figures/update_trajectories.png",
         "results/figures/scores_final.png",
         "results/figures/scores_by_step.png",
+        "results/figures/kl_trajectories.png",
     ]

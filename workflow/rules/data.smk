@@ -3,6 +3,7 @@ rule data:
         pretrain="results/data/pretrain.jsonl",
         grpo="results/data/grpo.jsonl",
         sft="results/data/sft.jsonl",
+        kl_reference="results/data/kl_reference.jsonl",
         tasks=directory("results/data/lm_eval_tasks"),
     params:
         synthetic=json.dumps(config["data"]["synthetic"]),

@@ -89,6 +89,8 @@ def parser() -> argparse.ArgumentParser:
 
     for name, module_name, help_ in [("diff", "diff", "relative update per layer x module vs the base"),
                                      ("tables", "tables", "aggregate evals and diffs into tables"),
+                                     ("kl", "kl", "teacher-forced KL(base || checkpoint) on a reference set"),
+                                     ("openr1", "openr1", "the paper's data: OpenR1-Math cn_k12 for GRPO and SFT"),
                                      ("plots", "plots", "the paper's figures from the tables")]:
         s = sub.add_parser(name, help=help_, add_help=False)  # its own parser reads the rest of the line
         s.set_defaults(func=_forward(module_name))

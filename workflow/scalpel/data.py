@@ -165,6 +165,8 @@ def build_world(seed: int, cfg: dict) -> dict[str, list[dict]]:
         "grpo": [{**_chat(r["problem"]), "solution": r["solution"], "level": r["level"]} for r in post_math],
         "sft": [_chat(r["problem"], r["worked"]) for r in post_math],
         **{f"eval_math_l{lvl}": [r for r in eval_math if r["level"] == lvl] for lvl in (1, 2, 3)},
+        # The KL reference set, as the authors' MATH-500 with reference solutions: held-out problems, worked answers.
+        "kl_reference": [_chat(r["problem"], r["worked"]) for r in eval_math],
         "eval_facts": fact_rows,
         "eval_instructions": eval_probes,
     }

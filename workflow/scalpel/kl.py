@@ -17,10 +17,10 @@ import argparse
 import json
 import logging
 import math
-import os
-from pathlib import Path
 
 import torch
+
+from .io import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,8 @@ def kl_divergence(base_model, ckpt_model, tokenizer, examples: list[dict], devic
 
 
 def _write_json(obj: dict, out) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def main(argv=None) -> None:

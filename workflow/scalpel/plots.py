@@ -99,6 +99,26 @@ def module_trajectories(module_means: pd.DataFrame, out_png) -> dict:
     return panels
 
 
+def kl_trajectories(kl: pd.DataFrame, out_png) -> dict:
+    """KL(base || checkpoint) per sequence vs % of training, one line per run (the authors' KL figure)."""
+    colors = _colors(kl.run)
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    lines = {}
+    for run, rows in kl.groupby("run", sort=False):
+        rows = rows.sort_values("pct_training")
+        method = rows.method.iloc[0]
+        (lines[run],) = ax.plot(rows.pct_training, rows.mean_seq_kl, LINESTYLE.get(method, ":"), marker=".",
+                                color=colors[run], label=f"{run} ({method})")
+    ax.set_yscale("log")
+    ax.set_xlabel("% of training")
+    ax.set_ylabel("KL(base || checkpoint) per sequence")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save(fig, out_png)
+    return lines
+
+
 def scores_bars(summary: pd.DataFrame, tasks, out_png) -> dict:
     """Grouped bars: one group per task, one bar per model (base first). Returns model -> BarContainer."""
     colors = _colors(summary.run[summary.run != BASE])
@@ -162,6 +182,8 @@ def main(argv=None) -> None:
     module_trajectories(read_tsv(tables / "update_module_means.tsv"), out / "update_trajectories.png")
     scores_bars(read_tsv(tables / "summary.tsv"), list(spec["primary"]), out / "scores_final.png")
     scores_vs_step(read_tsv(tables / "scores.tsv"), spec["primary"], spec["runs"], out / "scores_by_step.png")
+    if (tables / "kl.tsv").exists():
+        kl_trajectories(read_tsv(tables / "kl.tsv"), out / "kl_trajectories.png")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +63,16 @@ def updates_table(diff_files, runs: dict) -> pd.DataFrame:
     return _in_order(updates, ["run", "step", "layer", "module"], runs)
 
 
+def kl_table(kl_files, runs: dict) -> pd.DataFrame:
+    """KL(base || checkpoint) per checkpoint: per token (mean over tokens, then examples) and per sequence."""
+    rows = [json.loads(Path(f).read_text()) for f in kl_files]
+    kl = pd.DataFrame([{k: r[k] for k in ("run", "step", "mean_kl", "mean_seq_kl", "n_examples")} for r in rows])
+    _known(runs, kl.run, "KL files")
+    kl.insert(2, "method", kl.run.map(lambda r: runs[r]["method"]))
+    kl.insert(3, "pct_training", 100.0 * kl.step / kl.run.map(lambda r: final_step(runs, r)))
+    return _in_order(kl, ["run", "step"], runs)
+
+
 def module_means(updates: pd.DataFrame) -> pd.DataFrame:
     """Mean rel_update over layers, per run x checkpoint x module."""
     keys = ["run", "method", "step", "pct_training", "module"]
@@ -107,6 +118,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Aggregate eval TSVs and weight-diff parquets into tidy tables.")
     ap.add_argument("--eval", nargs="+", required=True, help="eval TSVs (run, step, task, metric, value, stderr)")
     ap.add_argument("--diff", nargs="+", required=True, help="diff parquets from scalpel.diff")
+    ap.add_argument("--kl", nargs="*", default=[], help="KL JSONs from scalpel.kl")
     ap.add_argument("--spec", required=True, help="YAML with runs: {name: {method, checkpoint_steps}}, primary: {task: metric}")
     ap.add_argument("--outdir", required=True)
     args = ap.parse_args(argv)
@@ -122,6 +134,8 @@ def main(argv=None) -> None:
     write_tsv(module_means(updates), out / "update_module_means.tsv")
     write_tsv(table, out / "summary.tsv")
     write_tsv(ratios(table, runs), out / "ratios.tsv")
+    if args.kl:
+        write_tsv(kl_table(args.kl, runs), out / "kl.tsv")
 
 
 if __name__ == "__main__":
