@@ -12,6 +12,7 @@ sys.path.insert(0, PACKAGE_DIR)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")])))
 
 from scalpel import config as study_config  # noqa: E402
+from scalpel import launch as study_launch  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 try:
@@ -80,6 +81,26 @@ def get_eval_files(wildcards=None):
 
 def get_diff_files(wildcards=None):
     return [f"results/diff/{run}/step-{step}.parquet" for run in RUNS for _, step in checkpoints_of(run)]
+
+
+DEEPSPEED = config["launch"]["deepspeed"]
+LAUNCH_FILES = "results/launch/accelerate.yaml" if DEEPSPEED["enabled"] else []
+
+
+def train_processes(resources):
+    """One process per GPU of the job; `launch.deepspeed.cpu_processes` on a CPU-only job; one without DeepSpeed."""
+    if not DEEPSPEED["enabled"]:
+        return 1
+    return int(resources.get("gpu", 0)) or DEEPSPEED["cpu_processes"]
+
+
+def get_train_launcher(wildcards, resources):
+    n = train_processes(resources)
+    return " ".join(study_launch.train_command(config["launch"], n, LAUNCH_FILES or None))
+
+
+def get_train_omp_threads(wildcards, threads, resources):
+    return max(1, threads // train_processes(resources))
 
 
 def get_kl_files(wildcards=None):

@@ -1,3 +1,24 @@
+rule launch_files:
+    output:
+        "results/launch/accelerate.yaml",
+    params:
+        stage=DEEPSPEED["zero_stage"],
+        bf16="--bf16" if config["model"]["dtype"] == "bfloat16" else "",
+        threshold=(
+            f"--persistence-threshold {DEEPSPEED['param_persistence_threshold']}"
+            if DEEPSPEED["param_persistence_threshold"] is not None
+            else ""
+        ),
+    log:
+        "logs/launch_files/launch_files.log",
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m scalpel.launch --stage {params.stage} --num-processes 1 {params.bf16} {params.threshold}"
+        " --outdir $(dirname {output}) > {log} 2>&1"
+
+
 rule run_spec:
     output:
         "results/runs/{run}/spec.yaml",
@@ -14,7 +35,7 @@ rule run_spec:
 
 # Trainer state lives outside the declared outputs, so that a failed job keeps it and the rerun resumes.
 TRAIN_SHELL = (
-    "OMP_NUM_THREADS={threads} python -m scalpel train --spec {input.spec} --base {input.base}"
+    "OMP_NUM_THREADS={params.omp_threads} {params.launcher} train --spec {input.spec} --base {input.base}"
     " --data {input.data} --checkpoints {output.checkpoints} --state {params.state}"
     " --log-history {output.history} > {log} 2>&1"
 )
@@ -25,6 +46,7 @@ rule train_grpo:
         spec="results/runs/{run}/spec.yaml",
         base=base_model_dir(),
         data="results/data/grpo.jsonl",
+        launch=LAUNCH_FILES,
     output:
         checkpoints=directory("results/runs/{run}/checkpoints"),
         completions=directory("results/runs/{run}/completions"),
@@ -33,6 +55,8 @@ rule train_grpo:
         run=method_constraint("grpo"),
     params:
         state=lambda wildcards: f"results/runs/{wildcards.run}/state",
+        launcher=get_train_launcher,
+        omp_threads=get_train_omp_threads,
     threads: 1
     log:
         "logs/train/{run}.log",
@@ -49,6 +73,7 @@ rule train_sft:
         spec="results/runs/{run}/spec.yaml",
         base=base_model_dir(),
         data="results/data/sft.jsonl",
+        launch=LAUNCH_FILES,
     output:
         checkpoints=directory("results/runs/{run}/checkpoints"),
         history="results/runs/{run}/trainer_log.json",
@@ -56,6 +81,8 @@ rule train_sft:
         run=method_constraint("sft"),
     params:
         state=lambda wildcards: f"results/runs/{wildcards.run}/state",
+        launcher=get_train_launcher,
+        omp_threads=get_train_omp_threads,
     threads: 1
     log:
         "logs/train/{run}.log",

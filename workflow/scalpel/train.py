@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import yaml
@@ -17,6 +19,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from . import data, params, rewards
+from .io import atomic_output
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("config.json", "generation_config.json", "chat_template.jinja", "special_tokens_map.json",
@@ -60,15 +63,31 @@ def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_state_dir(state_dir: Path, spec: dict) -> str | None:
-    """Return the checkpoint to resume from, after wiping state left by a different spec."""
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0  # set by accelerate/torchrun for every process
+
+
+def prepare_state_dir(state_dir: Path, spec: dict, is_main: bool = True, wait_s: float = 600.0) -> str | None:
+    """Return the checkpoint to resume from, after wiping state left by a different spec.
+
+    Only the main process wipes and stamps the folder; the others wait for its stamp, so that no rank deletes state
+    another is about to resume from.
+    """
     stamp = state_dir / "spec.sha256"
     digest = spec_hash(spec)
-    if state_dir.exists() and (not stamp.exists() or stamp.read_text() != digest):
-        log.warning("trainer state in %s belongs to another spec: starting from step 0", state_dir)
-        shutil.rmtree(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(digest)
+    if is_main:
+        if state_dir.exists() and (not stamp.exists() or stamp.read_text() != digest):
+            log.warning("trainer state in %s belongs to another spec: starting from step 0", state_dir)
+            shutil.rmtree(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(stamp) as tmp:
+            tmp.write_text(digest)
+    else:
+        deadline = time.monotonic() + wait_s
+        while not (stamp.exists() and stamp.read_text() == digest):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the main process did not prepare {state_dir} within {wait_s:.0f} s")
+            time.sleep(0.5)
     # The trainer writes trainer_state.json last: a checkpoint without it was cut off while saving.
     complete = [p for p in state_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     if not complete:
@@ -113,9 +132,10 @@ def build_trainer(spec: dict, base: str, data_file: str, state_dir: Path):
 def run(spec_file: str, base: str, data_file: str, checkpoint_dir: str, state_dir: str, log_file: str) -> None:
     spec = yaml.safe_load(Path(spec_file).read_text())
     checkpoint_dir, state_dir = Path(checkpoint_dir), Path(state_dir)
-    resume = prepare_state_dir(state_dir, spec)
+    is_main = _is_main_process()
+    resume = prepare_state_dir(state_dir, spec, is_main)
     exports = state_dir / "exports"
-    if resume:  # a job killed between saving and exporting: export that checkpoint now
+    if resume and is_main:  # a job killed between saving and exporting: export that checkpoint now
         step = int(Path(resume).name.split("-")[1])
         if step in spec["checkpoint_steps"] and not (exports / f"step-{step}").is_dir():
             export_checkpoint(Path(resume), exports / f"step-{step}")
