@@ -26,8 +26,8 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """The job counts of a dry run (Snakemake's 'Job stats' table)."""
-    stats = snakemake(workdir, "-n", *args).stdout.split("Job stats:")[1].split("Reasons:")[0]
-    return {row.split()[0]: int(row.split()[1]) for row in stats.splitlines()[3:] if len(row.split()) == 2}
+    table = snakemake(workdir, "-n", *args).stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {rule: int(n) for rule, n in (row.split() for row in table.splitlines()[3:])}
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_report_and_rerun_behaviour(study):
         "evaluate": 1, "tables": 1, "total": 2}
     # Forcing a rule reruns its jobs and their dependants: the SFT runs (2 + 1 + 1 checkpoints), not GRPO.
     assert planned_jobs(study, "--forcerun", "train_sft") == {
-        "train_sft": 3, "diff": 4, "evaluate": 4, "tables": 1, "plots": 1, "all": 1, "total": 14}
+        "train_sft": 3, "diff": 4, "evaluate": 4, "kl": 4, "tables": 1, "plots": 1, "all": 1, "total": 18}
     report = study / "report.html"
     snakemake(study, "--report", str(report))
     html = report.read_text(errors="replace")
