@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -56,6 +57,23 @@ class CheckpointSchedule(TrainerCallback):
             src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             export_checkpoint(src, self.export_dir / f"step-{state.global_step}")
             log.info("exported checkpoint step %d", state.global_step)
+        return control
+
+
+class StopOnSignal(TrainerCallback):
+    """On SIGTERM (Slurm's `--signal` before the wall time, or scancel), save at the end of the step and stop."""
+
+    def __init__(self):
+        self.received = None
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("received signal %d: saving at the end of this step, then stopping", signum)
+        self.received = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = control.should_training_stop = True
         return control
 
 
@@ -122,7 +140,7 @@ def build_trainer(spec: dict, base: str, data_file: str, state_dir: Path):
     trainable = params.apply_trainable(model, spec.get("freeze"), spec.get("train_only"), f"runs.{spec['name']}")
     log.info("%d of %d parameter tensors trainable", len(trainable), len(list(model.parameters())))
     dataset = Dataset.from_list(data.read_jsonl(data_file))
-    callbacks = [CheckpointSchedule(spec["checkpoint_steps"], state_dir / "exports")]
+    callbacks = [CheckpointSchedule(spec["checkpoint_steps"], state_dir / "exports"), StopOnSignal()]
     if spec["method"] == "grpo":
         return GRPOTrainer(model=model, reward_funcs=[rewards.accuracy_reward, rewards.format_reward], args=args,
                            train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
@@ -141,6 +159,11 @@ def run(spec_file: str, base: str, data_file: str, checkpoint_dir: str, state_di
             export_checkpoint(Path(resume), exports / f"step-{step}")
     trainer = build_trainer(spec, base, data_file, state_dir)
     trainer.train(resume_from_checkpoint=resume)
+    stopper = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal))
+    if stopper.received:
+        log.warning("stopped at step %d with its state saved in %s: rerun to resume", trainer.state.global_step,
+                    state_dir)
+        raise SystemExit(128 + stopper.received)
     if not trainer.is_world_process_zero():
         return
     missing = [s for s in spec["checkpoint_steps"] if not (exports / f"step-{s}").is_dir()]
