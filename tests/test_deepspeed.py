@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, write_tiny_study
 from scalpel import launch
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -115,10 +115,6 @@ def test_train_command():
 # ----------------------------------------------------------------------------------------------------------------
 # One real run: ZeRO-3 over gloo with 2 CPU processes against plain python with 1
 
-BUILD = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-         "max_position_embeddings": 256}
-WORLD = {"max_operand": 9, "train_problems": 32, "eval_problems": 2, "entities": 4, "instruction_probes": 2,
-         "pretrain_math_levels": [1], "pretrain_worked_fraction": 0.5, "train_levels": [1, 2]}
 GLOBAL_BATCH, STEPS = 4, 4
 # Probe: the real `scalpel` CLI, plus a callback that records, on each rank after the first optimizer step, how many
 # elements of each parameter that rank holds (ZeRO-3 keeps a 1/world_size slice in `ds_tensor`).
@@ -176,14 +172,9 @@ def _weights(folder):
 def test_zero3_two_processes_match_one_process(tmp_path):
     import torch
 
-    from scalpel import config, data, model
+    from scalpel import config
 
-    # A tiny base model and an SFT set of 32 worked solutions.
-    world = data.build_world(0, WORLD)
-    tok = model.build_tokenizer(data.corpus_lines(world), 300)
-    model.build_model(tok, BUILD, seed=0).save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
-    data.write_jsonl(world["sft"], tmp_path / "sft.jsonl")
+    write_tiny_study(tmp_path)
 
     # Same global batch (4 x 1 process = 2 x 2 processes), same seed hence the same shuffled order: accelerate hands
     # each process alternate micro-batches of that order, so the 2 processes see exactly the examples of the 1.

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from conftest import ROOT
-from scalpel import config, data, model
-from test_deepspeed import BUILD, WORLD, _run, _weights
+from conftest import ROOT, write_tiny_study
+from scalpel import config
+from test_deepspeed import _run, _weights
 
 STEPS, CHECKPOINTS = 12, 6
 
@@ -35,11 +35,7 @@ def _cmd(tmp_path, name):
 
 @pytest.mark.integration
 def test_sigterm_then_rerun_resumes_to_the_same_weights(tmp_path):
-    world = data.build_world(0, WORLD)
-    tok = model.build_tokenizer(data.corpus_lines(world), 300)
-    model.build_model(tok, BUILD, seed=0).save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
-    data.write_jsonl(world["sft"], tmp_path / "sft.jsonl")
+    write_tiny_study(tmp_path)
     spec = _spec(tmp_path)
     assert spec["checkpoint_steps"] == [2, 4, 6, 8, 10, 12]
 
