@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import yaml
 
 from .chat import SYSTEM_PROMPT, system_message
 from .data import write_jsonl
+from .io import atomic_output
 from .rewards import parse_gold
 
 log = logging.getLogger(__name__)
@@ -199,9 +199,8 @@ def prepare(dataset, tokenizer, *, source_filter: str = "cn_k12", system_prompt:
 
 
 def _write_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def write(grpo_rows: list[dict], sft_rows: list[dict], counts: dict, outdir) -> None:
