@@ -1,5 +1,8 @@
-"""Every rule's conda env pins exactly the versions CI installs and tests (pyproject.toml)."""
+"""Every rule's conda env pins exactly the versions CI installs and tests (pyproject.toml), and the GPU envs resolve."""
+import json
 import re
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -7,7 +10,7 @@ import yaml
 
 from conftest import ROOT
 
-PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)$")
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(\[[\w,\-]+\])?==([^\s;]+)$")
 
 
 def _pins(lines) -> dict[str, str]:
@@ -15,12 +18,18 @@ def _pins(lines) -> dict[str, str]:
     for line in lines:
         m = PIN.match(line.strip())
         assert m, f"not an exact pin: {line!r}"
-        pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+        pins[m.group(1).lower().replace("_", "-")] = (m.group(2) or "") + "==" + m.group(3)
     return pins
 
 
-TESTED = _pins(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+TESTED = _pins(PROJECT["dependencies"] + PROJECT["optional-dependencies"]["gpu"])
 ENVS = sorted((ROOT / "envs").glob("*.yaml"))
+
+
+def _env_pip(env) -> list[str]:
+    deps = yaml.safe_load(env.read_text())["dependencies"]
+    return next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
 
 
 def test_every_rule_has_an_env_that_exists():
@@ -31,9 +40,30 @@ def test_every_rule_has_an_env_that_exists():
 
 @pytest.mark.parametrize("env", ENVS, ids=lambda p: p.name)
 def test_env_pins_match_the_tested_versions(env):
-    deps = yaml.safe_load(env.read_text())["dependencies"]
-    pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
-    pins = _pins(pip)
+    pins = _pins(_env_pip(env))
     assert pins, env
     wrong = {name: (version, TESTED.get(name)) for name, version in pins.items() if TESTED.get(name) != version}
     assert not wrong, f"{env.name}: pinned vs tested {wrong}"
+
+
+def test_gpu_envs_carry_vllm_and_cpu_envs_do_not():
+    with_vllm = {env.name for env in ENVS if "vllm" in _pins(_env_pip(env))}
+    assert with_vllm == {"train.yaml", "eval.yaml"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("env", ["train.yaml", "eval.yaml"])
+def test_gpu_env_resolves_against_pypi(env, tmp_path):
+    """pip's resolver (metadata only, nothing installed) accepts the env as pinned: vllm, TRL, torch, transformers
+    and lm-eval constrain each other, and a pin that breaks the set fails here rather than on the cluster."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
+         str(report), *_env_pip(ROOT / "envs" / env)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chosen = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+              for i in json.loads(report.read_text())["install"]}
+    for name, pin in _pins(_env_pip(ROOT / "envs" / env)).items():
+        assert chosen[name].split("+")[0] == pin.split("==")[1], (name, chosen[name], pin)

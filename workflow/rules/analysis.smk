@@ -47,7 +47,7 @@ rule tables:
         "logs/tables/tables.log",
     localrule: True
     conda:
-        "../../envs/analysis.yaml"
+        "../../envs/report.yaml"
     shell:
         "python -m scalpel tables --eval {input.evals} --diff {input.diffs} --kl {input.kl} --spec {input.spec}"
         " --outdir $(dirname {output.summary}) > {log} 2>&1"
@@ -82,7 +82,7 @@ rule plots:
         "logs/plots/plots.log",
     localrule: True
     conda:
-        "../../envs/analysis.yaml"
+        "../../envs/report.yaml"
     shell:
         "python -m scalpel plots --tables $(dirname {input.summary}) --spec {input.spec}"
         " --outdir $(dirname {output.heatmaps}) > {log} 2>&1"
