@@ -51,3 +51,33 @@ def test_task_yamls_load_in_lm_eval(tmp_path):
     facts = loaded["mini_facts"]
     doc = next(iter(facts.eval_docs))
     assert facts.doc_to_choice(doc)[facts.doc_to_target(doc)] == doc["answer"]
+
+
+def test_fewshot_groups_keep_task_defaults_apart():
+    groups = evaluate.fewshot_groups(["aime24", "gsm8k", "mmlu", "ifeval"], {"gsm8k": 5, "mmlu": 5})
+    assert groups == {None: ["aime24", "ifeval"], 5: ["gsm8k", "mmlu"]}
+
+
+def test_model_args_never_run_hub_code_and_take_the_config():
+    args = evaluate.model_args("ckpt", "vllm", "bfloat16", {"gpu_memory_utilization": 0.5}, seed=42)
+    assert args == {"pretrained": "ckpt", "dtype": "bfloat16", "trust_remote_code": False, "seed": 42,
+                    "gpu_memory_utilization": 0.5}
+    assert "seed" not in evaluate.model_args("ckpt", "hf", "float32")
+
+
+def test_generation_and_fewshot_settings_reach_lm_eval(tmp_path):
+    """One loaded model, two lm-eval calls: sampling settings on the generate_until task, 2 shots on the other."""
+    from conftest import TINY_WORLD, write_tiny_study
+
+    write_tiny_study(tmp_path)
+    data.write_world(0, TINY_WORLD, tmp_path)
+    tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50)
+    gen = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "max_gen_toks": 5}
+    table, res = evaluate.evaluate(str(tmp_path / "base"), ["mini_math_l1", "mini_facts"], str(tmp_path / "tasks"),
+                                   run="base", step=0, limit=2, gen_kwargs=gen, num_fewshot={"mini_facts": 2})
+    assert res["n-shot"] == {"mini_math_l1": 0, "mini_facts": 2}
+    math_gen = res["configs"]["mini_math_l1"]["generation_kwargs"]
+    assert {k: math_gen[k] for k in gen} == gen and math_gen["until"] == ["<|endoftext|>"]
+    context = res["samples"]["mini_facts"][0]["arguments"][0][0]  # (context, choice) of the first choice
+    assert context.count("<|user|>") == 3  # two shots as earlier turns, then the question
+    assert set(table.task) == {"mini_math_l1", "mini_facts"} and (table.value.between(0, 1)).all()

@@ -1,17 +1,25 @@
+# The miniature's data rule writes its own lm-eval tasks; paper-scale tasks are lm-eval's built-in ones.
+LOCAL_TASKS = "results/data/lm_eval_tasks" if config["data"]["source"] == "synthetic" else None
+
+
 rule evaluate:
     input:
         model=get_model_dir,
-        tasks="results/data/lm_eval_tasks",
+        tasks=LOCAL_TASKS or [],
     output:
         "results/eval/{run}/step-{step}.tsv",
     params:
         checkpoint=get_checkpoint_path,
         tasks=get_eval_tasks,
+        task_dir=f"--task-dir {LOCAL_TASKS}" if LOCAL_TASKS else "",
         backend=config["eval"]["backend"],
         dtype=config["model"]["dtype"],
         batch_size=config["eval"]["batch_size"],
         limit=f"--limit {config['eval']['limit']}" if config["eval"]["limit"] else "",
         seed=config["seed"],
+        gen_kwargs=json.dumps(config["eval"]["generation"]),
+        num_fewshot=json.dumps(config["eval"]["num_fewshot"]),
+        model_args=json.dumps(config["eval"]["model_args"]),
     threads: 1
     log:
         "logs/evaluate/{run}/step-{step}.log",
@@ -21,6 +29,8 @@ rule evaluate:
         "../../envs/eval.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel evaluate --checkpoint {params.checkpoint}"
-        " --tasks {params.tasks} --task-dir {input.tasks} --out {output} --run {wildcards.run}"
+        " --tasks {params.tasks} {params.task_dir} --out {output} --run {wildcards.run}"
         " --step {wildcards.step} --backend {params.backend} --dtype {params.dtype}"
-        " --batch-size {params.batch_size} {params.limit} --seed {params.seed} > {log} 2>&1"
+        " --batch-size {params.batch_size} {params.limit} --seed {params.seed}"
+        " --gen-kwargs '{params.gen_kwargs}' --num-fewshot '{params.num_fewshot}'"
+        " --model-args '{params.model_args}' > {log} 2>&1"

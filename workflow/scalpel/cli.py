@@ -31,7 +31,8 @@ def _evaluate(a):
     from . import evaluate
     table = evaluate.run(a.checkpoint, a.tasks.split(","), a.task_dir, a.out, run=a.run, step=a.step,
                          backend=a.backend, dtype=a.dtype, batch_size=a.batch_size, limit=a.limit, seed=a.seed,
-                         device=a.device)
+                         device=a.device, gen_kwargs=json.loads(a.gen_kwargs), num_fewshot=json.loads(a.num_fewshot),
+                         extra_model_args=json.loads(a.model_args))
     logging.info("\n%s", table.to_string(index=False))
 
 
@@ -85,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--limit", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--gen-kwargs", default="{}", help="JSON of config eval.generation")
+    s.add_argument("--num-fewshot", default="{}", help="JSON of config eval.num_fewshot (task -> shots)")
+    s.add_argument("--model-args", default="{}", help="JSON of config eval.model_args")
     s.set_defaults(func=_evaluate)
 
     for name, module_name, help_ in [("diff", "diff", "relative update per layer x module vs the base"),

@@ -95,6 +95,11 @@ def eval_suites(config: dict, final: bool) -> list[str]:
     unknown = set(ev.get("final_only", [])) - set(ev["tasks"])
     if unknown:
         raise ConfigError(f"eval.final_only names unknown suites: {sorted(unknown)} (suites: {sorted(ev['tasks'])})")
+    tasks = {task for suite in ev["tasks"].values() for task in suite}
+    for key in ("num_fewshot", "primary_metrics"):
+        stray = sorted(set(ev.get(key, {})) - tasks)
+        if stray:
+            raise ConfigError(f"eval.{key} names tasks that eval.tasks does not run: {stray}")
     return [s for s in ev["tasks"] if final or s not in ev.get("final_only", [])]
 
 

@@ -35,25 +35,61 @@ def normalise(results: dict, run: str, step: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["task", "metric"], ignore_index=True)
 
 
-def model_args(checkpoint: str, backend: str, dtype: str) -> dict:
+def model_args(checkpoint: str, backend: str, dtype: str, extra: dict | None = None, seed: int = 0) -> dict:
+    """lm-eval model arguments: the checkpoint and dtype, never hub code, then `eval.model_args` from the config
+    (for vllm e.g. gpu_memory_utilization, max_model_len, tensor_parallel_size)."""
     args = {"pretrained": checkpoint, "dtype": dtype, "trust_remote_code": False}
     if backend == "vllm":
-        args.update(gpu_memory_utilization=0.85, max_model_len=4096)
+        args["seed"] = seed  # vLLM samples with its own generator
+    args.update(extra or {})
     return args
+
+
+def fewshot_groups(tasks: list[str], num_fewshot: dict[str, int] | None) -> dict[int | None, list[str]]:
+    """Tasks grouped by the few-shot count set for them in `eval.num_fewshot` (None: the task's own default).
+
+    lm-eval's `num_fewshot` applies to every task of one call, so each group is one call (on the same loaded model).
+    """
+    groups: dict[int | None, list[str]] = {}
+    for task in tasks:
+        groups.setdefault((num_fewshot or {}).get(task), []).append(task)
+    return groups
+
+
+def _merge(results: list[dict]) -> dict:
+    merged = {key: {} for key in ("results", "configs", "versions", "n-shot", "n-samples", "samples")}
+    for res in results:
+        for key in merged:
+            merged[key].update(res.get(key) or {})
+    return merged
 
 
 def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: str, step: int, backend: str = "hf",
              dtype: str = "float32", batch_size: int = 32, limit: int | None = None, seed: int = 0,
-             device: str = "cpu") -> tuple[pd.DataFrame, dict]:
+             device: str = "cpu", gen_kwargs: dict | None = None, num_fewshot: dict[str, int] | None = None,
+             extra_model_args: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """Run `tasks` on one checkpoint with the chat template applied.
+
+    `gen_kwargs` (config `eval.generation`) update the generation settings of every generate_until task (the
+    paper: temperature 0.6, top-p 0.95, 4,096 new tokens; lm-eval's own default is 256 tokens); `num_fewshot` maps a
+    task to its shot count.
+    """
     import lm_eval
+    from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    res = lm_eval.simple_evaluate(
-        model=backend, model_args=model_args(checkpoint, backend, dtype), tasks=tasks,
-        task_manager=TaskManager(include_path=task_dir), batch_size=batch_size, device=device, limit=limit,
-        apply_chat_template=True, log_samples=True, random_seed=seed, numpy_random_seed=seed,
-        torch_random_seed=seed, fewshot_random_seed=seed,
-    )
+    lm = get_model(backend).create_from_arg_obj(
+        model_args(checkpoint, backend, dtype, extra_model_args, seed), {"batch_size": batch_size, "device": device})
+    manager = TaskManager(include_path=task_dir)
+    results = []
+    for shots, group in fewshot_groups(tasks, num_fewshot).items():
+        log.info("tasks %s with %s few-shot examples", group, "their default" if shots is None else shots)
+        results.append(lm_eval.simple_evaluate(
+            model=lm, tasks=group, num_fewshot=shots, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
+            task_manager=manager, limit=limit, apply_chat_template=True, log_samples=True, random_seed=seed,
+            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        ))
+    res = _merge(results)
     return normalise(res["results"], run, step), res
 
 
