@@ -85,3 +85,25 @@ def test_final_only_suites(default_config):
     cfg["eval"]["final_only"] = ["nope"]
     with pytest.raises(study_config.ConfigError, match="eval.final_only.*nope"):
         study_config.eval_suites(cfg, final=True)
+
+
+@pytest.mark.parametrize("processes, expected", [(7, (16, 4)), (8, (14, 4)), (16, (14, 2)), (1, (16, 28)),
+                                                 (56, (8, 1))])
+def test_micro_batches_keep_448_per_step_on_any_allocation(processes, expected):
+    per_device, accumulation = study_config.micro_batches(448, processes, 16, num_generations=28)
+    assert (per_device, accumulation) == expected
+    assert per_device * accumulation * processes == 448
+
+
+def test_micro_batches_name_the_key_when_the_allocation_cannot_fit():
+    with pytest.raises(study_config.ConfigError, match=r"runs.grpo.global_batch_size \(448\).*6 training processes"):
+        study_config.micro_batches(448, 6, 16, key="runs.grpo.global_batch_size")
+    with pytest.raises(study_config.ConfigError, match="multiple of num_generations"):
+        study_config.micro_batches(450, 2, 16, num_generations=28)
+
+
+def test_derived_batch_settings_cannot_also_be_given(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["runs"]["sft"].update(global_batch_size=32, args={"gradient_accumulation_steps": 2})
+    with pytest.raises(study_config.ConfigError, match="runs.sft.args.gradient_accumulation_steps is derived"):
+        study_config.resolve_runs(cfg)

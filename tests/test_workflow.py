@@ -101,6 +101,8 @@ def test_kl_of_every_checkpoint(study):
 def test_grpo_logged_scored_completions(study):
     files = sorted((study / "results/runs/grpo/completions").glob("*.parquet"))
     assert len(files) == 4
+    assert [len(pd.read_parquet(f)) for f in files] == [16] * 4  # global_batch_size, whatever the micro-batch
+    assert "16 per step = 1 processes x 8 per device x 2 accumulation" in (study / "logs/train/grpo.log").read_text()
     logged = pd.concat(pd.read_parquet(f) for f in files)
     assert set(logged.accuracy_reward.dropna().unique()) <= {0.0, 1.0}
     assert set(logged.format_reward.unique()) <= {0.0, 1.0}

@@ -28,6 +28,22 @@ def checkpoint_steps(steps: int, checkpoints: int) -> list[int]:
     return out
 
 
+def micro_batches(global_batch: int, processes: int, max_per_device: int, num_generations: int | None = None,
+                  key: str = "global_batch_size") -> tuple[int, int]:
+    """(per_device_train_batch_size, gradient_accumulation_steps) giving `global_batch` per optimizer step.
+
+    The largest micro-batch up to `max_per_device` that divides the per-process share; the authors' 448 over 7
+    processes with at most 16 per device is 16 x 4, as they ran it; over 8 processes it is 14 x 4.
+    """
+    if global_batch % processes:
+        raise ConfigError(f"{key} ({global_batch}) is not divisible by the {processes} training processes")
+    if num_generations and global_batch % num_generations:
+        raise ConfigError(f"{key} ({global_batch}) is not a multiple of num_generations ({num_generations})")
+    share = global_batch // processes
+    per_device = max(d for d in range(1, min(share, max_per_device) + 1) if share % d == 0)
+    return per_device, share // per_device
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -82,6 +98,11 @@ def resolve_run(config: dict, name: str) -> dict:
     run["seed"] = run["args"].get("seed", config.get("seed", 0))
     run["launch"] = copy.deepcopy(config.get("launch", {}))
     run["model_dtype"] = config.get("model", {}).get("dtype", "float32")
+    run["attn_implementation"] = config.get("model", {}).get("attn_implementation", "auto")
+    if "global_batch_size" in run:
+        for key in ("gradient_accumulation_steps", "generation_batch_size", "steps_per_generation"):
+            if key in run["args"]:
+                raise ConfigError(f"runs.{name}.args.{key} is derived from runs.{name}.global_batch_size")
     return run
 
 

@@ -19,7 +19,7 @@ import yaml
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from . import data, params, rewards
+from . import config, data, params, rewards
 from .io import atomic_output
 
 log = logging.getLogger(__name__)
@@ -115,12 +115,30 @@ def prepare_state_dir(state_dir: Path, spec: dict, is_main: bool = True, wait_s:
     return str(last)
 
 
+def attn_implementation(choice: str | None) -> str | None:
+    """`model.attn_implementation`; auto = flash_attention_2 where flash-attn is installed and CUDA present, else sdpa."""
+    if choice in (None, "auto"):
+        import importlib.util
+
+        import torch
+        return "flash_attention_2" if importlib.util.find_spec("flash_attn") and torch.cuda.is_available() else "sdpa"
+    return choice
+
+
 def trainer_args(spec: dict, state_dir: Path) -> dict:
     args = dict(spec["args"])
     args.update(output_dir=str(state_dir), max_steps=spec["steps"], save_strategy="no", seed=spec["seed"])
     args.setdefault("save_total_limit", 1)
     args.setdefault("report_to", "none")
     args.setdefault("disable_tqdm", True)  # log lines, not progress bars, in the job logs
+    if spec.get("global_batch_size"):
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate for every process
+        per_device, accumulation = config.micro_batches(
+            spec["global_batch_size"], processes, args.get("per_device_train_batch_size", 8),
+            args.get("num_generations") if spec["method"] == "grpo" else None, f"runs.{spec['name']}.global_batch_size")
+        args.update(per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation)
+        log.info("%d per step = %d processes x %d per device x %d accumulation", spec["global_batch_size"],
+                 processes, per_device, accumulation)
     vllm = spec["launch"].get("vllm", {})
     if spec["method"] == "grpo" and vllm.get("enabled"):
         args.update(use_vllm=True, vllm_mode=vllm["mode"], vllm_gpu_memory_utilization=vllm["gpu_memory_utilization"])
@@ -136,7 +154,8 @@ def build_trainer(spec: dict, base: str, data_file: str, state_dir: Path):
     except TypeError as err:
         raise ValueError(f"runs.{spec['name']}.args: {err}") from None
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=spec["model_dtype"], trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=spec["model_dtype"], trust_remote_code=False,
+                                                 attn_implementation=attn_implementation(spec.get("attn_implementation")))
     trainable = params.apply_trainable(model, spec.get("freeze"), spec.get("train_only"), f"runs.{spec['name']}")
     log.info("%d of %d parameter tensors trainable", len(trainable), len(list(model.parameters())))
     dataset = Dataset.from_list(data.read_jsonl(data_file))
