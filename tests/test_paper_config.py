@@ -1,0 +1,289 @@
+"""config/paper.yaml against the authors' recipes (research/paper.md), so that no hyperparameter drifts silently.
+
+Each row: where the value lives in the resolved run spec or config, the authors' value, and ours when it differs on
+purpose; a deliberate difference must be explained by a comment on its line (or the line above) in paper.yaml.
+"""
+import copy
+import re
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from conftest import ROOT
+from scalpel import config as study_config
+from scalpel import params
+
+PAPER = ROOT / "config/paper.yaml"
+SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
+SAME = object()
+
+
+@pytest.fixture(scope="module")
+def paper():
+    cfg = yaml.safe_load(PAPER.read_text())
+    validate(cfg, schema=SCHEMA)  # fills the schema's defaults, as the workflow does
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def runs(paper):
+    return study_config.resolve_runs(paper)
+
+
+GRPO_STEPS = [29 * k for k in range(1, 20)] + [571]
+SFT_STEPS = [24 * k for k in range(1, 20)] + [462]
+
+# (run or None for the config, dotted key, authors' value, ours when different on purpose)
+AUTHORS = [
+    (None, "model.base", "allenai/OLMo-2-1124-7B-Instruct", SAME),
+    (None, "model.dtype", "bfloat16", SAME),
+    (None, "seed", 42, SAME),
+    (None, "data.openr1.dataset", "open-r1/OpenR1-Math-220k", SAME),
+    (None, "data.openr1.config", "extended", SAME),
+    (None, "data.openr1.source_filter", "cn_k12", SAME),
+    (None, "data.openr1.max_prompt_tokens", 512, SAME),
+    (None, "data.openr1.max_sft_tokens", 4096, SAME),
+    (None, "data.openr1.math500", "HuggingFaceH4/MATH-500", SAME),
+    ("grpo", "method", "grpo", SAME),
+    ("grpo", "steps", 571, SAME),
+    ("grpo", "checkpoint_steps", GRPO_STEPS, SAME),
+    ("grpo", "global_batch_size", 448, SAME),
+    ("grpo", "seed", 42, SAME),
+    ("grpo", "args.learning_rate", 1e-6, SAME),
+    ("grpo", "args.lr_scheduler_type", "constant_with_warmup", SAME),
+    ("grpo", "args.warmup_steps", 0.1, SAME),
+    ("grpo", "args.optim", "adamw_torch", SAME),
+    ("grpo", "args.max_grad_norm", 0.2, SAME),
+    ("grpo", "args.beta", 0.0, SAME),
+    ("grpo", "args.epsilon", 0.2, SAME),
+    ("grpo", "args.num_iterations", 1, SAME),
+    ("grpo", "args.loss_type", "dr_grpo", SAME),
+    ("grpo", "args.scale_rewards", "none", SAME),
+    ("grpo", "args.reward_weights", [1.0, 0.2], SAME),
+    ("grpo", "args.num_generations", 28, SAME),
+    ("grpo", "args.per_device_train_batch_size", 16, SAME),
+    ("grpo", "args.max_completion_length", 1500, SAME),
+    ("grpo", "args.mask_truncated_completions", True, SAME),
+    ("grpo", "args.temperature", 0.6, SAME),
+    ("grpo", "args.vllm_importance_sampling_correction", False, SAME),
+    ("grpo", "args.disable_dropout", True, SAME),
+    ("grpo", "args.bf16", True, SAME),
+    ("grpo", "args.gradient_checkpointing", True, SAME),
+    ("sft", "method", "sft", SAME),
+    ("sft", "steps", 462, SAME),
+    ("sft", "checkpoint_steps", SFT_STEPS, SAME),
+    ("sft", "global_batch_size", 448, SAME),
+    ("sft", "args.learning_rate", 5e-5, SAME),
+    ("sft", "args.lr_scheduler_type", "constant_with_warmup", SAME),
+    ("sft", "args.warmup_steps", 0.1, SAME),
+    ("sft", "args.optim", "adamw_torch", SAME),
+    ("sft", "args.max_grad_norm", 0.2, SAME),
+    ("sft", "args.max_length", 4096, SAME),
+    ("sft", "args.packing", False, SAME),
+    ("sft", "args.padding_free", True, False),
+    ("sft", "args.completion_only_loss", False, SAME),
+    ("sft", "args.bf16", True, SAME),
+    ("sft", "args.gradient_checkpointing", True, SAME),
+    ("sft_1epoch", "steps", 152, 154),
+    ("sft_1epoch", "args.learning_rate", 5e-5, SAME),
+    ("sft_matched_lr", "steps", 571, SAME),
+    ("sft_matched_lr", "args.learning_rate", 1e-6, SAME),
+    ("sft_frozen_mid_mlp", "steps", 462, SAME),
+    ("sft_frozen_mid_mlp", "args.learning_rate", 5e-5, SAME),
+    ("sft_qk_only", "steps", 462, SAME),
+    ("sft_qk_only", "args.learning_rate", 5e-5, SAME),
+    (None, "eval.generation.temperature", 0.6, SAME),
+    (None, "eval.generation.top_p", 0.95, SAME),
+    (None, "eval.generation.do_sample", True, SAME),
+    (None, "eval.generation.max_gen_toks", 4096, 3072),
+    (None, "eval.model_args.max_model_len", 4096, SAME),
+    (None, "launch.deepspeed.enabled", True, SAME),
+    (None, "launch.deepspeed.zero_stage", 2, 3),
+    (None, "launch.vllm.enabled", True, SAME),
+    (None, "launch.vllm.mode", "server", "colocate"),
+    (None, "launch.vllm.gpu_memory_utilization", 0.7, 0.3),
+]
+
+
+def _get(obj, dotted):
+    for key in dotted.split("."):
+        obj = obj[key]
+    return obj
+
+
+def _line_comment(run: str | None, key: str) -> str:
+    """The comment on the paper.yaml line that sets `key` (its last component; within the block of `run` when
+    given), or on the line above it."""
+    leaf = key.split(".")[-1]
+    lines = PAPER.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"  {run}:", line)) if run else 0
+    for i, line in enumerate(lines[start:], start):
+        if re.match(rf"\s*{leaf}:", line) or re.search(rf"[{{,]\s*{leaf}:", line):
+            comments = [c.split("#", 1)[1] for c in (line, lines[i - 1]) if "#" in c]
+            if comments:
+                return " ".join(comments)
+    return ""
+
+
+@pytest.mark.parametrize("run, key, authors, ours", AUTHORS, ids=lambda v: v if isinstance(v, str) else None)
+def test_paper_config_matches_the_authors(paper, runs, run, key, authors, ours):
+    value = _get(paper if run is None else runs[run], key)
+    expected = authors if ours is SAME else ours
+    assert value == pytest.approx(expected) if isinstance(expected, float) else value == expected, (run, key)
+    if ours is not SAME:
+        assert len(_line_comment(run, key)) > 20, f"paper.yaml differs from the authors on {key} without saying why"
+
+
+def test_paper_runs_are_the_authors_runs(runs):
+    assert set(runs) == {"grpo", "sft", "sft_1epoch", "sft_matched_lr", "sft_frozen_mid_mlp", "sft_qk_only"}
+
+
+def _olmo2_7b_names() -> list[str]:
+    """The parameter names of a 32-layer OLMo-2 (the 7B's layout) at a tiny width."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    cfg = Olmo2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=32,
+                      num_attention_heads=2, num_key_value_heads=2)
+    return [n for n, _ in Olmo2ForCausalLM(cfg).named_parameters()]
+
+
+def test_freezing_runs_select_the_authors_parameters(runs):
+    names = _olmo2_7b_names()
+    frozen = params.select(names, runs["sft_frozen_mid_mlp"]["freeze"], "freeze")
+    assert frozen == {f"model.layers.{i}.mlp.{m}.weight" for i in range(19, 26)
+                      for m in ("gate_proj", "up_proj", "down_proj")}
+    trained = params.select(names, runs["sft_qk_only"]["train_only"], "train_only")
+    assert trained == {f"model.layers.{i}.self_attn.{m}.weight" for i in range(32) for m in ("q_proj", "k_proj")}
+
+
+@pytest.mark.parametrize("run", ["grpo", "sft", "sft_1epoch", "sft_matched_lr", "sft_frozen_mid_mlp", "sft_qk_only"])
+def test_trl_accepts_every_run(runs, run, tmp_path, monkeypatch):
+    """The real GRPOConfig / SFTConfig take each run's arguments, with the batch derived for one 8-GPU node."""
+    from trl import GRPOConfig, SFTConfig
+
+    from scalpel import train
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    spec = copy.deepcopy(runs[run])
+    args = train.trainer_args(spec, tmp_path)
+    assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] * 8 == 448
+    monkeypatch.delenv("WORLD_SIZE")  # accelerate would otherwise expect the other 7 processes
+    args.update(use_cpu=True, bf16=False)  # this machine has no GPU; the rest is as on the cluster
+    cfg = (GRPOConfig if spec["method"] == "grpo" else SFTConfig)(**args)
+    assert cfg.max_steps == spec["steps"] and cfg.learning_rate == spec["args"]["learning_rate"]
+    assert getattr(cfg, "use_vllm", False) == (spec["method"] == "grpo")
+
+
+# The authors' benchmarks -> lm-eval tasks and their few-shot counts (lighteval task strings in paper.md §4).
+AUTHORS_SHOTS = {"aime24": 0, "minerva_math500": 0, "gsm8k": 5, "gpqa_diamond_cot_zeroshot": 0, "mmlu": 5,
+                 "leaderboard_mmlu_pro": 5, "ifeval": 0}
+
+
+def _task_config(manager, task: str) -> dict:
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(manager.task_index[task].yaml_path, resolve_func=False)
+
+
+def test_eval_tasks_exist_in_lm_eval_with_the_authors_shots(paper):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager()
+    tasks = [t for suite in paper["eval"]["tasks"].values() for t in suite]
+    assert sorted(tasks) == sorted(AUTHORS_SHOTS)
+    for task in tasks:
+        cfg = _task_config(manager, task)
+        default = cfg.get("num_fewshot", 0)
+        assert paper["eval"]["num_fewshot"].get(task, default) == AUTHORS_SHOTS[task], task
+
+
+def test_primary_metrics_are_metrics_the_tasks_report(paper):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager()
+    for task, metric in paper["eval"]["primary_metrics"].items():
+        cfg = _task_config(manager, task)
+        names = [m["metric"] for m in cfg.get("metric_list", []) + cfg.get("aggregate_metric_list", [])]
+        filters = [f["name"] for f in cfg.get("filter_list") or []]
+        name, _, filt = metric.partition(",")
+        assert name in names, (task, metric, names)
+        assert (filt in filters) if filt else not filters, (task, metric, filters)
+
+
+def test_intermediate_checkpoints_run_the_cheaper_subset(paper):
+    assert study_config.eval_suites(paper, final=False) == ["math"]
+    assert paper["eval"]["tasks"]["math"] == ["aime24", "minerva_math500"]
+    assert study_config.eval_suites(paper, final=True) == list(paper["eval"]["tasks"])
+
+
+MINUTES = {"h": 60, "m": 1}
+
+
+def _minutes(value) -> int:
+    if isinstance(value, int):
+        return value
+    return int(value[:-1]) * MINUTES[value[-1]]
+
+
+@pytest.fixture(scope="module")
+def paper_dag(tmp_path_factory):
+    """The paper-scale DAG as `snakemake -n -p --profile profiles/slurm` plans it, job by job, in an empty folder."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    workdir = tmp_path_factory.mktemp("paper")
+    env = dict(os.environ, SLURM_ACCOUNT="acct", SLURM_PARTITION="cpu", SLURM_GPU_PARTITION="gpu",
+               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    no_conda = ["--sdm", "env-modules"] if shutil.which("conda") is None else []
+    out = subprocess.run(
+        ["snakemake", "-n", "-p", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(PAPER),
+         "--profile", str(ROOT / "profiles/slurm"), "--directory", str(workdir), *no_conda],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out.stdout + out.stderr)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        resources = re.search(r"resources: (.*)", block)
+        shell = re.search(r"Shell command: (.*)", block)
+        jobs.append({"rule": rule, "shell": shell.group(1) if shell else "",
+                     "resources": dict(kv.split("=", 1) for kv in resources.group(1).split(", ")) if resources else {}})
+    return jobs
+
+
+def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
+    counts = {}
+    for job in paper_dag:
+        counts[job["rule"]] = counts.get(job["rule"], 0) + 1
+    checkpoints = 6 * 20
+    assert counts == {"prefetch": 1, "base_model": 1, "data": 1, "launch_files": 1, "run_spec": 6, "train_grpo": 1,
+                      "train_sft": 5, "evaluate": 1 + checkpoints, "diff": checkpoints, "kl": checkpoints,
+                      "analysis_spec": 1, "tables": 1, "plots": 1, "all": 1}
+    evals = [j["shell"] for j in paper_dag if j["rule"] == "evaluate"]
+    every = "aime24,minerva_math500,gsm8k,gpqa_diamond_cot_zeroshot,mmlu,leaderboard_mmlu_pro,ifeval"
+    assert sum(f"--tasks {every} " in s for s in evals) == 1 + 6  # the base and each run's final checkpoint
+    assert sum("--tasks aime24,minerva_math500 " in s for s in evals) == checkpoints - 6
+    assert all("--backend vllm" in s and '"temperature": 0.6' in s for s in evals)
+    trains = [j["shell"] for j in paper_dag if j["rule"].startswith("train_")]
+    assert all("accelerate launch" in s and "--num_processes 8" in s for s in trains)
+
+
+def test_paper_dag_jobs_get_the_profile_resources(paper_dag):
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    env = {"$SLURM_ACCOUNT": "acct", "$SLURM_PARTITION": "cpu", "$SLURM_GPU_PARTITION": "gpu"}
+    checked = set()
+    for job in paper_dag:
+        if job["rule"] == "all" or not job["resources"]:
+            continue
+        wanted = {**profile["default-resources"], **profile["set-resources"].get(job["rule"], {})}
+        for key, value in wanted.items():
+            value = env.get(value, value)
+            got = job["resources"][key]
+            assert (int(got) == _minutes(value)) if key == "runtime" else got == str(value), (job["rule"], key)
+        checked.add(job["rule"])
+    gpu_rules = {r for r, res in profile["set-resources"].items() if "gpu" in res}
+    assert gpu_rules == {"train_grpo", "train_sft", "evaluate", "kl"} and gpu_rules <= checked
+    assert {"data", "diff", "prefetch"} <= checked
