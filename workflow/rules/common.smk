@@ -12,12 +12,15 @@ sys.path.insert(0, PACKAGE_DIR)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")])))
 
 from scalpel import config as study_config  # noqa: E402
+from scalpel import hub as study_hub  # noqa: E402
+from scalpel import prefetch as study_prefetch  # noqa: E402
 from scalpel import launch as study_launch  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 try:
     RUNS = study_config.resolve_runs(config)
     study_config.eval_suites(config, final=True)
+    study_hub.check_config(config)
 except study_config.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 if "base" in RUNS:
@@ -25,6 +28,12 @@ if "base" in RUNS:
 
 BASE = "base"
 BUILD_BASE = config["model"]["base"] == "build"
+SYNTHETIC_DATA = config["data"]["source"] == "synthetic"
+
+# Jobs inherit these (Slurm jobs through sbatch --export=ALL): the HF cache, and hub access off but for prefetch.
+os.environ.update(study_hub.job_environment(config["hub"]))
+PREFETCH_MANIFEST = "results/prefetch/manifest.json"
+USES_HUB = not (BUILD_BASE and SYNTHETIC_DATA)
 
 
 wildcard_constraints:
@@ -42,7 +51,21 @@ def method_constraint(method):
 
 
 def base_model_dir():
-    return "results/models/base" if BUILD_BASE else config["model"]["base"]
+    return "results/models/base"
+
+
+def get_prefetch_manifest(wildcards=None):
+    """An input of every job that reads the HF cache, so that it runs after prefetch; none in the miniature."""
+    return PREFETCH_MANIFEST if USES_HUB else []
+
+
+def get_prefetch_task_dir():
+    """The miniature's lm-eval tasks are local YAMLs written by the data rule; prefetch needs them to resolve eval.tasks."""
+    return "results/data/lm_eval_tasks" if SYNTHETIC_DATA else []
+
+
+def get_prefetch_args():
+    return " ".join(study_prefetch.command_args(config, get_prefetch_task_dir() or None))
 
 
 def checkpoints_of(run):

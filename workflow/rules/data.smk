@@ -1,17 +1,69 @@
-rule data:
+# Everything the study reads from the hub, fetched where Snakemake runs (it has network; jobs may not).
+rule prefetch:
+    input:
+        tasks=get_prefetch_task_dir(),
     output:
-        pretrain="results/data/pretrain.jsonl",
-        grpo="results/data/grpo.jsonl",
-        sft="results/data/sft.jsonl",
-        kl_reference="results/data/kl_reference.jsonl",
-        tasks=directory("results/data/lm_eval_tasks"),
+        PREFETCH_MANIFEST,
     params:
-        synthetic=json.dumps(config["data"]["synthetic"]),
-        seed=config["seed"],
+        args=get_prefetch_args(),
     log:
-        "logs/data/data.log",
+        "logs/prefetch/prefetch.log",
+    localrule: True
     conda:
-        "../../envs/data.yaml"
+        "../../envs/eval.yaml"
     shell:
-        "python -m scalpel data --synthetic '{params.synthetic}' --seed {params.seed}"
-        " --outdir $(dirname {output.pretrain}) --task-dir {output.tasks} > {log} 2>&1"
+        "env -u HF_HUB_OFFLINE -u HF_DATASETS_OFFLINE -u TRANSFORMERS_OFFLINE"
+        " python -m scalpel prefetch {params.args} --out {output} > {log} 2>&1"
+
+
+if SYNTHETIC_DATA:
+
+    rule data:
+        output:
+            pretrain="results/data/pretrain.jsonl",
+            grpo="results/data/grpo.jsonl",
+            sft="results/data/sft.jsonl",
+            kl_reference="results/data/kl_reference.jsonl",
+            tasks=directory("results/data/lm_eval_tasks"),
+        params:
+            synthetic=json.dumps(config["data"]["synthetic"]),
+            seed=config["seed"],
+        log:
+            "logs/data/data.log",
+        conda:
+            "../../envs/data.yaml"
+        shell:
+            "python -m scalpel data --synthetic '{params.synthetic}' --seed {params.seed}"
+            " --outdir $(dirname {output.pretrain}) --task-dir {output.tasks} > {log} 2>&1"
+
+else:
+    OPENR1 = config["data"]["openr1"]
+
+    rule data:
+        input:
+            manifest=PREFETCH_MANIFEST,
+            tokenizer=base_model_dir(),
+        output:
+            grpo="results/data/grpo.jsonl",
+            sft="results/data/sft.jsonl",
+            counts="results/data/counts.json",
+            **({"kl_reference": "results/data/kl_reference.jsonl"} if OPENR1["math500"] else {}),
+        params:
+            source=OPENR1["dataset"],
+            config=OPENR1["config"],
+            split=OPENR1["split"],
+            revision=f"--revision {OPENR1['revision']}" if OPENR1["revision"] else "",
+            source_filter=OPENR1["source_filter"],
+            max_prompt_tokens=OPENR1["max_prompt_tokens"],
+            max_sft_tokens=OPENR1["max_sft_tokens"],
+            math500=f"--math500 {OPENR1['math500']}" if OPENR1["math500"] else "",
+        threads: OPENR1["num_proc"]
+        log:
+            "logs/data/data.log",
+        conda:
+            "../../envs/data.yaml"
+        shell:
+            "python -m scalpel openr1 --source {params.source:q} --config {params.config:q} --split {params.split:q}"
+            " {params.revision} --source-filter {params.source_filter:q} --max-prompt-tokens {params.max_prompt_tokens}"
+            " --max-sft-tokens {params.max_sft_tokens} --num-proc {threads} {params.math500}"
+            " --tokenizer {input.tokenizer} --outdir $(dirname {output.grpo}) > {log} 2>&1"

@@ -19,3 +19,23 @@ if BUILD_BASE:
         shell:
             "OMP_NUM_THREADS={threads} python -m scalpel base-model --build '{params.build}' --seed {params.seed}"
             " --data $(dirname {input.pretrain}) --outdir {output.model} --log-history {output.history} > {log} 2>&1"
+
+else:
+
+    # The prefetched model as a normal HF folder: weights linked to the HF cache, chat template per model.chat_template.
+    rule base_model:
+        input:
+            manifest=PREFETCH_MANIFEST,
+        output:
+            model=directory("results/models/base"),
+        params:
+            source=config["model"]["base"],
+            revision=f"--revision {config['model']['revision']}" if config["model"]["revision"] else "",
+            chat_template=config["model"]["chat_template"],
+        log:
+            "logs/base_model/base_model.log",
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "python -m scalpel import-base --source {params.source:q} {params.revision}"
+            " --chat-template {params.chat_template} --outdir {output.model} > {log} 2>&1"

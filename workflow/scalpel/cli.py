@@ -22,6 +22,12 @@ def _base_model(a):
         json.dump(history, fh, indent=1)
 
 
+def _import_base(a):
+    from . import hub, model
+    logging.info(hub.describe_environment())
+    model.import_base(a.source, a.outdir, a.revision, a.chat_template)
+
+
 def _train(a):
     from . import train
     train.run(a.spec, a.base, a.data, a.checkpoints, a.state, a.log_history)
@@ -64,6 +70,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--log-history", required=True)
     s.set_defaults(func=_base_model)
 
+    s = sub.add_parser("import-base", help="the base model from the hub (HF cache) or a local folder, weights linked")
+    s.add_argument("--source", required=True, help="hub id or local HF model folder")
+    s.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    s.add_argument("--chat-template", choices=["study", "model"], default="study")
+    s.add_argument("--outdir", required=True)
+    s.set_defaults(func=_import_base)
+
     s = sub.add_parser("train", help="one GRPO or SFT run from its resolved spec")
     s.add_argument("--spec", required=True)
     s.add_argument("--base", required=True)
@@ -95,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
                                      ("tables", "tables", "aggregate evals and diffs into tables"),
                                      ("kl", "kl", "teacher-forced KL(base || checkpoint) on a reference set"),
                                      ("openr1", "openr1", "the paper's data: OpenR1-Math cn_k12 for GRPO and SFT"),
+                                     ("prefetch", "prefetch", "download the model, datasets and eval data into the "
+                                                              "HF cache (needs network)"),
                                      ("plots", "plots", "the paper's figures from the tables")]:
         s = sub.add_parser(name, help=help_, add_help=False)  # its own parser reads the rest of the line
         s.set_defaults(func=_forward(module_name))

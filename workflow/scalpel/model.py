@@ -1,16 +1,18 @@
-"""The miniature's base model: a byte-level BPE tokenizer and a tiny Olmo2ForCausalLM (the 7B's real architecture,
-so parameter names match), pre-trained on the facts, the instruction probes and easy maths until competent."""
+"""The base model as an HF folder in results/models/base: for the miniature, a byte-level BPE tokenizer and a tiny
+Olmo2ForCausalLM (the 7B's real architecture, so parameter names match), pre-trained on the facts, the instruction
+probes and easy maths until competent; otherwise a hub or local model imported with its weights linked."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
-from . import data
+from . import data, hub
 from .chat import chat_template
 
 log = logging.getLogger(__name__)
@@ -88,3 +90,30 @@ def build_base(data_dir, out_dir, cfg: dict, seed: int) -> list[dict]:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return history
+
+
+def import_base(source: str, out_dir, revision: str | None = None, template: str = "study") -> Path:
+    """results/models/base from a hub id (its snapshot in the HF cache) or a local model folder: the weights
+    (*.safetensors) as symlinks to the cached files, which saves a copy of the model; every other file copied, so that
+    nothing written here reaches the cache. `template`: `study` writes the authors' template with their system prompt
+    into the tokenizer (they overrode OLMo-2's); `model` keeps the model's own, which must exist."""
+    src, out = hub.model_snapshot(source, revision), Path(out_dir)
+    files = sorted(f for f in src.iterdir() if f.is_file())
+    if not any(f.name.endswith(".safetensors") for f in files):
+        raise FileNotFoundError(f"model.base {source}: no *.safetensors weights in {src}")
+    out.mkdir(parents=True)
+    for f in files:
+        if f.name.endswith(".safetensors"):
+            (out / f.name).symlink_to(f.resolve())
+        else:
+            shutil.copyfile(f, out / f.name)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    if template == "study":
+        tokenizer.chat_template = chat_template()
+        tokenizer.save_pretrained(out)
+    elif not tokenizer.chat_template:
+        raise ValueError(f"model.chat_template: model keeps the model's own template, but {source} has none "
+                         f"(use study)")
+    log.info("imported %s (commit %s) from %s: %d files, weights linked; chat template: %s", source,
+             hub.commit_of(src), src, len(files), template)
+    return src

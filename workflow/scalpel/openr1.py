@@ -20,10 +20,10 @@ import logging
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import yaml
 
 from .chat import SYSTEM_PROMPT, system_message
 from .data import write_jsonl
+from .hub import card_patterns, dataset_snapshot, describe_environment
 from .io import atomic_output
 from .rewards import parse_gold
 
@@ -45,27 +45,9 @@ def _card_data_files(root: Path, config: str | None, split: str) -> list[Path] |
     card = root / "README.md"
     if not card.is_file():
         return None
-    text = card.read_text(errors="replace")
-    if not text.startswith("---"):
+    patterns = card_patterns(card.read_text(errors="replace"), config, split, str(card))
+    if patterns is None:
         return None
-    meta = yaml.safe_load(text.split("---", 2)[1]) or {}
-    configs = meta.get("configs")
-    if not configs:
-        return None
-    by_name = {c.get("config_name", "default"): c for c in configs}
-    if config is None:
-        config = next((c.get("config_name", "default") for c in configs if c.get("default")), None) or \
-            (next(iter(by_name)) if len(by_name) == 1 else "default")
-    if config not in by_name:
-        raise ValueError(f"{card}: no config {config!r} (configs: {', '.join(by_name)})")
-    spec = by_name[config]["data_files"]
-    if isinstance(spec, str):
-        spec = [spec]
-    if all(isinstance(x, str) for x in spec):
-        patterns = spec if split == "train" else []
-    else:
-        patterns = [p for x in spec if x["split"] == split for p in ([x["path"]] if isinstance(x["path"], str)
-                                                                       else x["path"])]
     files = sorted({f for pattern in patterns for f in root.glob(pattern) if f.is_file()})
     if not files:
         raise FileNotFoundError(f"{card}: config {config!r} split {split!r} matches no files ({patterns})")
@@ -93,19 +75,18 @@ def _local_files(root: Path, config: str | None, split: str) -> list[Path]:
                             f"split {split!r})")
 
 
-def load_source(path_or_id: str, config: str | None = "extended", split: str = "train"):
-    """One split of a dataset: a hub id (through the hub or its local cache), a local data file, or a local folder
-    (a downloaded copy of the hub repository, or a folder of data files).
+def load_source(path_or_id: str, config: str | None = "extended", split: str = "train", revision: str | None = None):
+    """One split of a dataset: a hub id, a local data file, or a local folder (a downloaded copy of the hub
+    repository, or a folder of data files). A hub id is read from its snapshot in the HF cache (`hub.dataset_snapshot`,
+    downloaded when online), like a local copy.
 
-    Local data goes through `datasets.load_dataset` with the file format's packaged builder (the hub's path for a
+    Every source goes through `datasets.load_dataset` with the file format's packaged builder (the hub's path for a
     parquet repository), given the files explicitly: `load_dataset(<folder>, config)` would cache by folder name and
     config only, and return stale rows after the folder's files change.
     """
     from datasets import load_dataset
 
-    path = Path(path_or_id)
-    if not path.exists():
-        return load_dataset(path_or_id, config, split=split)
+    path = dataset_snapshot(path_or_id, config, split, revision)
     files = [path] if path.is_file() else _local_files(path, config, split)
     suffix = next((s for s in _BUILDERS if files[0].name.endswith(s)), None)
     if suffix is None:
@@ -232,6 +213,7 @@ def main(argv=None) -> None:
     ap.add_argument("--source", default=OPENR1_ID, help="hub id, local copy of the hub repository, or data file(s) folder")
     ap.add_argument("--config", default="extended")
     ap.add_argument("--split", default="train")
+    ap.add_argument("--revision", default=None, help="hub revision of --source (branch, tag or commit)")
     ap.add_argument("--tokenizer", required=True, help="folder of the tokenizer whose chat template training uses")
     ap.add_argument("--outdir", required=True)
     ap.add_argument("--source-filter", default="cn_k12")
@@ -242,10 +224,11 @@ def main(argv=None) -> None:
                                                     "copy) to OUTDIR/kl_reference.jsonl")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info(describe_environment())
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    dataset = load_source(args.source, args.config, args.split)
+    dataset = load_source(args.source, args.config, args.split, args.revision)
     grpo, sft, counts = prepare(dataset, tokenizer, source_filter=args.source_filter, system_prompt=SYSTEM_PROMPT,
                                 max_prompt_tokens=args.max_prompt_tokens, max_sft_tokens=args.max_sft_tokens,
                                 num_proc=args.num_proc, source_name=f"{args.source} ({args.config}/{args.split})")
