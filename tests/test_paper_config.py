@@ -287,3 +287,17 @@ def test_paper_dag_jobs_get_the_profile_resources(paper_dag):
     gpu_rules = {r for r, res in profile["set-resources"].items() if "gpu" in res}
     assert gpu_rules == {"train_grpo", "train_sft", "evaluate", "kl"} and gpu_rules <= checked
     assert {"data", "diff", "prefetch"} <= checked
+
+
+def test_report_maps_every_authors_model_and_benchmark(paper):
+    authors = yaml.safe_load((ROOT / "workflow/report/authors.yaml").read_text())
+    mapping = paper["report"]["authors"]
+    models = {m for per_model in authors["scores"].values() for m in per_model}
+    assert set(mapping["runs"].values()) == models
+    assert set(mapping["runs"]) - {"base"} == set(paper["runs"])
+    assert set(mapping["benchmarks"]) == set(authors["scores"])
+    tasks = {t for suite in paper["eval"]["tasks"].values() for t in suite}
+    for benchmark, target in mapping["benchmarks"].items():
+        task, metric = target.split(",", 1)
+        assert task in tasks, benchmark
+        assert metric == paper["eval"]["primary_metrics"][task] or benchmark == "IFEval (inst, strict)", benchmark

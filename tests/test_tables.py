@@ -197,3 +197,45 @@ def test_kl_table_and_figure(tmp_path):
     assert list(lines["2e-6"].get_ydata()) == pytest.approx([1.0, 2.0])
     with pytest.raises(ValueError, match="KL files"):
         tables.kl_table(files, {"hammer": RUNS["hammer"]})
+
+
+AUTHORS = {
+    "scores": {"MATH-500": {"base": [0.35, 0.02], "SFTv02.08": [0.42, 0.02]}, "MMLU": {"base": [0.6, None]}},
+    "updates": {"GRPOv01.14": {**{m: 0.001 for m in MODULES}, "all": 0.001},
+                "SFTv02.08": {**{m: 0.05 for m in MODULES}, "all": 0.05}},
+    "kl_per_sequence": {"GRPOv01.14": 0.4},
+}
+MAPPING = {"runs": {"base": "base", "hammer": "SFTv02.08", "scalpel": "GRPOv01.14", "2e-6": "GRPOv99"},
+           "benchmarks": {"MATH-500": "math,exact_match", "MMLU": "facts,acc"}}
+
+
+def test_authors_comparison_has_every_cell_both_report(built):
+    from scalpel.authors import compare
+
+    scores, updates, _ = built
+    final_steps = {"base": 0, **{run: spec["checkpoint_steps"][-1] for run, spec in RUNS.items()}}
+    kl = pd.DataFrame([{"run": "scalpel", "step": 10, "mean_seq_kl": 2.5}])
+    methods = {run: spec["method"] for run, spec in RUNS.items()}
+    table = compare(AUTHORS, MAPPING, final_steps, scores, tables.module_means(updates), kl, methods)
+    cell = table.set_index(["run", "quantity"])
+    # scores: base on both benchmarks, hammer on MATH-500 only (the authors give no MMLU for it); 2e-6 maps to a
+    # model the authors do not have
+    assert cell.loc[("base", "MATH-500"), "ours"] == pytest.approx(score("base", 0, "math"))
+    assert cell.loc[("base", "MMLU"), "authors"] == 0.6 and math.isnan(cell.loc[("base", "MMLU"), "authors_stderr"])
+    assert cell.loc[("hammer", "MATH-500"), ["ours", "authors"]].tolist() == pytest.approx([score("hammer", 12, "math"), 0.42])
+    assert ("hammer", "MMLU") not in cell.index and "2e-6" not in set(table.run)
+    assert cell.loc[("hammer", "mean relative update, all matrices"), "ours"] == pytest.approx(final_mean("hammer"))
+    assert cell.loc[("scalpel", "mean relative update q_proj"), "authors"] == 0.001
+    ratio = cell.loc[("hammer", "update ratio to scalpel (GRPOv01.14)")]
+    assert ratio.ours == pytest.approx(final_mean("hammer") / final_mean("scalpel")) and ratio.authors == 50
+    assert cell.loc[("scalpel", "KL(base || final) per sequence"), ["ours", "authors"]].tolist() == [2.5, 0.4]
+    assert len(table) == 3 + 2 * (len(MODULES) + 1) + 1 + 1
+
+
+def test_authors_comparison_names_an_unknown_benchmark(built):
+    from scalpel.authors import compare
+
+    scores, updates, _ = built
+    with pytest.raises(ValueError, match="report.authors.benchmarks: the authors report no 'GSM8K'"):
+        compare(AUTHORS, {"runs": {}, "benchmarks": {"GSM8K": "math,acc"}}, {"base": 0}, scores,
+                tables.module_means(updates), None, {})

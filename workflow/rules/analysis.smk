@@ -36,6 +36,7 @@ rule tables:
         diffs=get_diff_files(),
         kl=get_kl_files(),
         spec="results/tables/spec.yaml",
+        authors=AUTHORS_NUMBERS,
     output:
         scores=report("results/tables/scores.tsv", caption="../report/scores.rst", category="Tables"),
         updates=report("results/tables/updates.tsv", caption="../report/updates.rst", category="Tables"),
@@ -43,6 +44,9 @@ rule tables:
         summary=report("results/tables/summary.tsv", caption="../report/summary.rst", category="Tables"),
         ratios=report("results/tables/ratios.tsv", caption="../report/ratios.rst", category="Tables"),
         kl=report("results/tables/kl.tsv", caption="../report/kl.rst", category="Tables"),
+        authors=report(
+            "results/tables/authors_comparison.tsv", caption="../report/authors_comparison.rst", category="Tables"
+        ),
     log:
         "logs/tables/tables.log",
     localrule: True
@@ -50,6 +54,7 @@ rule tables:
         "../../envs/report.yaml"
     shell:
         "python -m scalpel tables --eval {input.evals} --diff {input.diffs} --kl {input.kl} --spec {input.spec}"
+        " --authors {input.authors}"
         " --outdir $(dirname {output.summary}) > {log} 2>&1"
 
 

@@ -136,7 +136,10 @@ def get_kl_reference():
 
 def analysis_spec():
     runs = {name: {"method": spec["method"], "checkpoint_steps": spec["checkpoint_steps"]} for name, spec in RUNS.items()}
-    return {"runs": runs, "primary": config["eval"]["primary_metrics"]}
+    return {"runs": runs, "primary": config["eval"]["primary_metrics"], "authors": config["report"]["authors"]}
+
+
+AUTHORS_NUMBERS = str(Path(workflow.basedir) / "workflow/report/authors.yaml")
 
 
 def get_final_outputs():

@@ -35,8 +35,9 @@ def _train(a):
 
 def _evaluate(a):
     from . import evaluate
+    batch_size = a.batch_size if a.batch_size == "auto" else int(a.batch_size)
     table = evaluate.run(a.checkpoint, a.tasks.split(","), a.task_dir, a.out, run=a.run, step=a.step,
-                         backend=a.backend, dtype=a.dtype, batch_size=a.batch_size, limit=a.limit, seed=a.seed,
+                         backend=a.backend, dtype=a.dtype, batch_size=batch_size, limit=a.limit, seed=a.seed,
                          device=a.device, gen_kwargs=json.loads(a.gen_kwargs), num_fewshot=json.loads(a.num_fewshot),
                          extra_model_args=json.loads(a.model_args))
     logging.info("\n%s", table.to_string(index=False))
@@ -96,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     s.add_argument("--dtype", default="float32")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--batch-size", default="32", help="an integer, or auto")
     s.add_argument("--limit", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--gen-kwargs", default="{}", help="JSON of config eval.generation")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from scalpel.authors import compare
 from scalpel.diff import MODULES
 from scalpel.io import atomic_output
 
@@ -119,6 +120,7 @@ def main(argv=None) -> None:
     ap.add_argument("--eval", nargs="+", required=True, help="eval TSVs (run, step, task, metric, value, stderr)")
     ap.add_argument("--diff", nargs="+", required=True, help="diff parquets from scalpel.diff")
     ap.add_argument("--kl", nargs="*", default=[], help="KL JSONs from scalpel.kl")
+    ap.add_argument("--authors", default=None, help="the authors' numbers (workflow/report/authors.yaml)")
     ap.add_argument("--spec", required=True, help="YAML with runs: {name: {method, checkpoint_steps}}, primary: {task: metric}")
     ap.add_argument("--outdir", required=True)
     args = ap.parse_args(argv)
@@ -134,8 +136,15 @@ def main(argv=None) -> None:
     write_tsv(module_means(updates), out / "update_module_means.tsv")
     write_tsv(table, out / "summary.tsv")
     write_tsv(ratios(table, runs), out / "ratios.tsv")
-    if args.kl:
-        write_tsv(kl_table(args.kl, runs), out / "kl.tsv")
+    kl = kl_table(args.kl, runs) if args.kl else None
+    if kl is not None:
+        write_tsv(kl, out / "kl.tsv")
+    if args.authors:
+        final_steps = {BASE: 0, **{run: final_step(runs, run) for run in runs}}
+        methods = {run: spec["method"] for run, spec in runs.items()}
+        authors = yaml.safe_load(Path(args.authors).read_text())
+        write_tsv(compare(authors, spec.get("authors", {}), final_steps, scores, module_means(updates), kl, methods),
+                  out / "authors_comparison.tsv")
 
 
 if __name__ == "__main__":
