@@ -44,3 +44,61 @@ def test_state_of_another_spec_is_discarded(tmp_path):
     _fake_checkpoint(state / "checkpoint-4")
     assert train.prepare_state_dir(state, {"steps": 9}) is None
     assert not (state / "checkpoint-4").exists()
+
+
+def _stop_worker(rank: int, init_file: str, out: str) -> None:
+    """One rank of a 2-process gloo group: steps 1-6 of StopOnSignal; only rank 1 gets SIGTERM, before step 3 ends."""
+    import json
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from transformers import TrainerControl
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    stopper = train.StopOnSignal()
+    stopped_at = None
+    for step in range(1, 7):
+        if rank == 1 and step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        control = stopper.on_step_end(None, SimpleNamespace(global_step=step), TrainerControl())
+        if control.should_training_stop:
+            stopped_at = step
+            assert control.should_save
+            break
+    Path(out, f"rank{rank}.json").write_text(json.dumps(
+        {"received": stopper.received, "stopped_by": stopper.stopped_by, "stopped_at": stopped_at}))
+    dist.destroy_process_group()
+
+
+def test_stop_signal_of_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    import json
+    import signal
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_stop_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["received"] is None and ranks[1]["received"] == signal.SIGTERM
+    assert ranks[0]["stopped_at"] == ranks[1]["stopped_at"] == 3
+    assert ranks[0]["stopped_by"] == ranks[1]["stopped_by"] == signal.SIGTERM
+
+
+def test_stop_signal_without_a_process_group_is_the_own_flag():
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stopper = train.StopOnSignal()
+        state = SimpleNamespace(global_step=1)
+        assert not stopper.on_step_end(None, state, TrainerControl()).should_training_stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        control = stopper.on_step_end(None, state, TrainerControl())
+        assert control.should_training_stop and control.should_save and stopper.stopped_by == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)

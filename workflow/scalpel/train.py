@@ -60,11 +60,30 @@ class CheckpointSchedule(TrainerCallback):
         return control
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest `value` of all ranks when torch.distributed is initialised (every rank must call), else `value`."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    # nccl reduces CUDA tensors only; gloo (and DeepSpeed's CPU backends) CPU tensors.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 class StopOnSignal(TrainerCallback):
-    """On SIGTERM (Slurm's `--signal` before the wall time, or scancel), save at the end of the step and stop."""
+    """On SIGTERM (Slurm's `--signal` before the wall time, or scancel), save at the end of the step and stop.
+
+    Ranks may see the signal a step apart; the save is collective, so at every step end they agree (max over ranks)
+    and all stop at the first step end where any of them has it. `stopped_by` is then that signal on every rank.
+    """
 
     def __init__(self):
         self.received = None
+        self.stopped_by = None
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
@@ -72,7 +91,9 @@ class StopOnSignal(TrainerCallback):
         self.received = signum
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received:
+        stop = max_over_ranks(self.received or 0)
+        if stop:
+            self.stopped_by = stop
             control.should_save = control.should_training_stop = True
         return control
 
@@ -179,10 +200,10 @@ def run(spec_file: str, base: str, data_file: str, checkpoint_dir: str, state_di
     trainer = build_trainer(spec, base, data_file, state_dir)
     trainer.train(resume_from_checkpoint=resume)
     stopper = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal))
-    if stopper.received:
+    if stopper.stopped_by:
         log.warning("stopped at step %d with its state saved in %s: rerun to resume", trainer.state.global_step,
                     state_dir)
-        raise SystemExit(128 + stopper.received)
+        raise SystemExit(128 + stopper.stopped_by)
     if not trainer.is_world_process_zero():
         return
     missing = [s for s in spec["checkpoint_steps"] if not (exports / f"step-{s}").is_dir()]
