@@ -301,3 +301,10 @@ def test_report_maps_every_authors_model_and_benchmark(paper):
         task, metric = target.split(",", 1)
         assert task in tasks, benchmark
         assert metric == paper["eval"]["primary_metrics"][task] or benchmark == "IFEval (inst, strict)", benchmark
+
+
+def test_dry_run_settings_show_what_the_gpus_depend_on(paper, runs):
+    text = study_config.settings_table(paper, runs)
+    assert "dtype bfloat16" in text and "DeepSpeed ZeRO-3" in text and "vLLM colocate at 0.3" in text
+    row = next(line.split() for line in text.splitlines() if line.startswith("sft_matched_lr"))
+    assert row == ["sft_matched_lr", "sft", "571", "20", "1e-06", "448", "16", "True", "True", "-"]

@@ -25,6 +25,8 @@ except study_config.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 if "base" in RUNS:
     raise WorkflowError("invalid config: runs.base: the name 'base' is reserved for the base model")
+if workflow.is_main_process:  # not in each job's own parse of the workflow
+    print("Study settings:\n" + study_config.settings_table(config, RUNS), file=sys.stderr)
 
 BASE = "base"
 BUILD_BASE = config["model"]["base"] == "build"

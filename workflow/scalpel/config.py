@@ -132,3 +132,25 @@ def load_yaml(path) -> dict:
 def write_yaml(obj, path) -> None:
     with open(path, "w") as fh:
         yaml.safe_dump(obj, fh, sort_keys=False)
+
+
+def settings_table(config: dict, runs: dict[str, dict]) -> str:
+    """The settings a GPU run depends on, one line per run, for the dry run to show before anything is submitted."""
+    launch = config.get("launch", {})
+    ds, vllm = launch.get("deepspeed", {}), launch.get("vllm", {})
+    model = config.get("model", {})
+    lines = [f"model {model.get('base')} dtype {model.get('dtype')} attention {model.get('attn_implementation')}; "
+             f"DeepSpeed {'ZeRO-' + str(ds.get('zero_stage')) if ds.get('enabled') else 'off'}; "
+             f"vLLM {vllm.get('mode') + ' at ' + str(vllm.get('gpu_memory_utilization')) if vllm.get('enabled') else 'off'}"]
+    header = ("run", "method", "steps", "ckpts", "lr", "batch/step", "max/device", "bf16", "grad ckpt", "frozen")
+    rows = [header]
+    for name, spec in runs.items():
+        args = spec["args"]
+        frozen = "train_only" if spec.get("train_only") else "freeze" if spec.get("freeze") else "-"
+        rows.append((name, spec["method"], str(spec["steps"]), str(len(spec["checkpoint_steps"])),
+                     f"{args.get('learning_rate', '-'):g}" if "learning_rate" in args else "-",
+                     str(spec.get("global_batch_size", "-")), str(args.get("per_device_train_batch_size", "-")),
+                     str(args.get("bf16", False)), str(args.get("gradient_checkpointing", "-")), frozen))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
