@@ -19,7 +19,7 @@ import yaml
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from . import config, data, params, rewards
+from . import config, data, params, rewards, vllm_server
 from .io import atomic_output
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,9 @@ def trainer_args(spec: dict, state_dir: Path) -> dict:
     vllm = spec["launch"].get("vllm", {})
     if spec["method"] == "grpo" and vllm.get("enabled"):
         args.update(use_vllm=True, vllm_mode=vllm["mode"], vllm_gpu_memory_utilization=vllm["gpu_memory_utilization"])
+        if vllm["mode"] == "server" and os.environ.get(vllm_server.URL_VARIABLE):
+            # a 7B server takes minutes to load; TRL's default wait is 240 s
+            args.update(vllm_server_base_url=os.environ[vllm_server.URL_VARIABLE], vllm_server_timeout=1800)
     return args
 
 
