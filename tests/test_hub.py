@@ -106,15 +106,19 @@ def test_job_environment(tmp_path, monkeypatch):
 def test_prefetch_command_args():
     paper = _config(model__base="allenai/OLMo-2-1124-7B-Instruct", model__revision="abc123", data__source="openr1",
                     eval__tasks={"math": ["hendrycks_math500", "gsm8k"], "knowledge": ["mmlu", "gsm8k"]})
-    assert prefetch.command_args(paper) == [
-        "--model", "allenai/OLMo-2-1124-7B-Instruct", "--model-revision", "abc123",
-        "--dataset", "open-r1/OpenR1-Math-220k", "--dataset-config", "extended", "--dataset-split", "train",
-        "--math500", "HuggingFaceH4/MATH-500", "--tasks", "hendrycks_math500,gsm8k,mmlu"]
+    assert {part: prefetch.command_args(paper, part) for part in prefetch.PARTS} == {
+        "model": ["--model", "allenai/OLMo-2-1124-7B-Instruct", "--model-revision", "abc123"],
+        "data": ["--dataset", "open-r1/OpenR1-Math-220k", "--dataset-config", "extended", "--dataset-split", "train",
+                 "--math500", "HuggingFaceH4/MATH-500"],
+        "eval": ["--tasks", "hendrycks_math500,gsm8k,mmlu"]}
     mini = _config(eval__tasks={"facts": ["mini_facts"]})
-    assert prefetch.command_args(mini, "results/data/lm_eval_tasks") == [
+    assert prefetch.command_args(mini, "model") == prefetch.command_args(mini, "data") == []
+    assert prefetch.command_args(mini, "eval", "results/data/lm_eval_tasks") == [
         "--tasks", "mini_facts", "--include-path", "results/data/lm_eval_tasks"]
-    spaced = _config(model__base="/models/my model", data__source="synthetic")
-    assert prefetch.command_args(spaced) == ["--model", "'/models/my model'"]
+    spaced = _config(model__base="/models/my model")
+    assert prefetch.command_args(spaced, "model") == ["--model", "'/models/my model'"]
+    with pytest.raises(ValueError, match="prefetch part 'weights'"):
+        prefetch.command_args(paper, "weights")
 
 
 def test_import_base_links_weights_and_sets_the_study_template(stand_ins, tmp_path):
@@ -182,20 +186,25 @@ def test_prefetch_local_stand_ins(stand_ins, tmp_path):
     facts = [{"question": f"Q{i}?", "choices": ["a", "b"], "label": i % 2} for i in range(3)]
     (tmp_path / "facts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in facts))
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "stand_in_facts.yaml").write_text(TASK_YAML.format(data=tmp_path / "facts.jsonl"))
+    for name in ("stand_in_facts", "stand_in_ifeval"):  # an IFEval task needs NLTK's punkt_tab (here already there)
+        (tmp_path / "tasks" / f"{name}.yaml").write_text(TASK_YAML.format(data=tmp_path / "facts.jsonl")
+                                                         .replace("stand_in_facts", name))
+    punkt = tmp_path / "nltk" / "tokenizers" / "punkt_tab"
+    punkt.mkdir(parents=True)
     out = tmp_path / "manifest.json"
     prefetch.main(["--model", str(stand_ins["model"]), "--dataset", str(stand_ins["openr1"]),
-                   "--math500", str(stand_ins["math500"]), "--tasks", "stand_in_facts",
-                   "--include-path", str(tmp_path / "tasks"), "--out", str(out)])
+                   "--math500", str(stand_ins["math500"]), "--tasks", "stand_in_facts,stand_in_ifeval",
+                   "--include-path", str(tmp_path / "tasks"), "--nltk-data", str(tmp_path / "nltk"),
+                   "--out", str(out)])
     manifest = json.loads(out.read_text())
     assert manifest["model"]["path"] == str(stand_ins["model"]) and manifest["model"]["commit"] is None
     assert manifest["model"]["files"]["model.safetensors"] == (stand_ins["model"] / "model.safetensors").stat().st_size
     assert manifest["datasets"]["openr1"]["rows"] == len(ROWS)  # `extended` only, not `data`
     assert manifest["datasets"]["openr1"]["columns"][:2] == ["problem", "solution"]
     assert manifest["datasets"]["math500"]["rows"] == len(MATH500)
-    assert manifest["eval_tasks"] == {"stand_in_facts": {"dataset_path": "json", "dataset_name": None,
-                                                         "rows": {"test": 3}}}
-    assert "nltk_punkt_tab" not in manifest  # no IFEval task
+    task = {"dataset_path": "json", "dataset_name": None, "rows": {"test": 3}}
+    assert manifest["eval_tasks"] == {"stand_in_facts": task, "stand_in_ifeval": task}
+    assert manifest["nltk_punkt_tab"] == str(punkt)
 
 
 def test_prefetch_errors_name_what_failed(stand_ins, tmp_path):

@@ -70,13 +70,15 @@ def test_base_model_is_the_stand_in_with_the_study_template(study):
     assert rendered.startswith(f"<|endoftext|><|system|>\n{chat.SYSTEM_PROMPT}\n<|user|>\n")
 
 
-def test_manifest_lists_what_was_fetched(study):
-    manifest = json.loads((study["work"] / "results/prefetch/manifest.json").read_text())
-    assert manifest["hf_home"] == str(study["root"] / "hf")
-    assert manifest["model"]["path"] == str(study["stand_ins"]["model"]) and "model.safetensors" in manifest["model"]["files"]
-    assert {k: v["rows"] for k, v in manifest["datasets"].items()} == {"openr1": 10, "math500": 2}
-    assert manifest["datasets"]["openr1"]["config"] == "extended"
-    assert "model.safetensors" in (study["work"] / "logs/prefetch/prefetch.log").read_text()
+def test_manifests_list_what_was_fetched(study):
+    prefetched = study["work"] / "results/prefetch"
+    assert sorted(p.name for p in prefetched.iterdir()) == ["data.json", "model.json"]  # eval: not needed here
+    model, data = (json.loads((prefetched / f"{part}.json").read_text()) for part in ("model", "data"))
+    assert model["hf_home"] == data["hf_home"] == str(study["root"] / "hf")
+    assert model["model"]["path"] == str(study["stand_ins"]["model"]) and "model.safetensors" in model["model"]["files"]
+    assert {k: v["rows"] for k, v in data["datasets"].items()} == {"openr1": 10, "math500": 2}
+    assert data["datasets"]["openr1"]["config"] == "extended"
+    assert "model.safetensors" in (study["work"] / "logs/prefetch/model.log").read_text()
 
 
 def test_only_prefetch_reached_for_the_hub(study):
@@ -85,9 +87,22 @@ def test_only_prefetch_reached_for_the_hub(study):
     for job in ("base_model/base_model", "data/data"):
         assert offline in (study["work"] / f"logs/{job}.log").read_text()
     online = f"hub: HF_HOME={hf_home} offline=False (HF_HUB_OFFLINE= HF_DATASETS_OFFLINE= TRANSFORMERS_OFFLINE=)"
-    assert online in (study["work"] / "logs/prefetch/prefetch.log").read_text()
+    for part in ("model", "data"):
+        assert online in (study["work"] / f"logs/prefetch/{part}.log").read_text()
 
 
-def test_nothing_to_redo(study):
-    out = snakemake(study["work"], study["config"], "-n")
-    assert "Nothing to be done" in out
+def _planned(out: str) -> dict[str, int]:
+    table = out.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {rule: int(n) for rule, n in (row.split() for row in table.splitlines()[3:])}
+
+
+def test_reruns_stay_within_their_part(study):
+    assert "Nothing to be done" in snakemake(study["work"], study["config"], "-n")
+    config = yaml.safe_load(study["config"].read_text())
+    config["data"]["openr1"]["max_sft_tokens"] = 2048  # data only: the model is not fetched or imported again
+    changed = study["root"] / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    assert _planned(snakemake(study["work"], changed, "-n")) == {"data": 1, "total": 1}
+    config["model"]["chat_template"] = "model"  # the base model, and the data counted with its tokenizer
+    changed.write_text(yaml.safe_dump(config))
+    assert _planned(snakemake(study["work"], changed, "-n")) == {"base_model": 1, "data": 1, "total": 2}

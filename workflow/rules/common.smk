@@ -32,10 +32,11 @@ BASE = "base"
 BUILD_BASE = config["model"]["base"] == "build"
 SYNTHETIC_DATA = config["data"]["source"] == "synthetic"
 
+# The miniature's data rule writes its own lm-eval tasks; paper-scale tasks are lm-eval's built-in ones.
+LOCAL_TASK_DIR = "results/data/lm_eval_tasks" if SYNTHETIC_DATA else None
+
 # Jobs inherit these (Slurm jobs through sbatch --export=ALL): the HF cache, and hub access off but for prefetch.
 os.environ.update(study_hub.job_environment(config["hub"]))
-PREFETCH_MANIFEST = "results/prefetch/manifest.json"
-USES_HUB = not (BUILD_BASE and SYNTHETIC_DATA)
 
 
 wildcard_constraints:
@@ -56,18 +57,24 @@ def base_model_dir():
     return "results/models/base"
 
 
-def get_prefetch_manifest(wildcards=None):
-    """An input of every job that reads the HF cache, so that it runs after prefetch; none in the miniature."""
-    return PREFETCH_MANIFEST if USES_HUB else []
+def get_prefetch_files(wildcards=None):
+    """The prefetch manifests a study needs: one per part (model, data, eval), so that fetching one part again reruns
+    only its consumers. The miniature (built model, synthetic data and tasks) needs none."""
+    needed = {"model": not BUILD_BASE, "data": not SYNTHETIC_DATA, "eval": not SYNTHETIC_DATA}
+    return [f"results/prefetch/{part}.json" for part, need in needed.items() if need]
 
 
-def get_prefetch_task_dir():
-    """The miniature's lm-eval tasks are local YAMLs written by the data rule; prefetch needs them to resolve eval.tasks."""
-    return "results/data/lm_eval_tasks" if SYNTHETIC_DATA else []
+def get_eval_prefetch(wildcards=None):
+    """An input of evaluate: lm-eval's built-in tasks read their datasets from the HF cache."""
+    return [] if SYNTHETIC_DATA else "results/prefetch/eval.json"
 
 
-def get_prefetch_args():
-    return " ".join(study_prefetch.command_args(config, get_prefetch_task_dir() or None))
+def get_prefetch_input(wildcards):
+    return LOCAL_TASK_DIR if wildcards.part == "eval" and LOCAL_TASK_DIR else []
+
+
+def get_prefetch_args(wildcards):
+    return " ".join(study_prefetch.command_args(config, wildcards.part, LOCAL_TASK_DIR))
 
 
 def checkpoints_of(run):

@@ -1,13 +1,22 @@
-# Everything the study reads from the hub, fetched where Snakemake runs (it has network; jobs may not).
+# Everything the study reads from the hub, fetched where Snakemake runs (it has network; jobs may not): `snakemake
+# prefetch` on a login node fetches it all.
 rule prefetch:
     input:
-        tasks=get_prefetch_task_dir(),
+        get_prefetch_files(),
+    localrule: True
+
+
+rule prefetch_part:
+    input:
+        get_prefetch_input,
     output:
-        PREFETCH_MANIFEST,
+        "results/prefetch/{part}.json",
+    wildcard_constraints:
+        part="|".join(study_prefetch.PARTS),
     params:
-        args=get_prefetch_args(),
+        args=get_prefetch_args,
     log:
-        "logs/prefetch/prefetch.log",
+        "logs/prefetch/{part}.log",
     localrule: True
     conda:
         "../../envs/eval.yaml"
@@ -41,7 +50,7 @@ else:
 
     rule data:
         input:
-            manifest=PREFETCH_MANIFEST,
+            manifest="results/prefetch/data.json",
             tokenizer=base_model_dir(),
         output:
             grpo="results/data/grpo.jsonl",

@@ -25,7 +25,7 @@ else:
     # The prefetched model as a normal HF folder: weights linked to the HF cache, chat template per model.chat_template.
     rule base_model:
         input:
-            manifest=PREFETCH_MANIFEST,
+            manifest="results/prefetch/model.json",
         output:
             model=directory("results/models/base"),
         params:

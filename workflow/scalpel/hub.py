@@ -55,6 +55,14 @@ def model_snapshot(source: str, revision: str | None = None) -> Path:
     return Path(snapshot_download(source, revision=revision, allow_patterns=MODEL_FILES))
 
 
+def weight_files(folder: Path, source: str) -> list[Path]:
+    """The model's *.safetensors files (what training, diff and KL read); an error when there are none."""
+    weights = sorted(f for f in Path(folder).iterdir() if f.is_file() and f.name.endswith(".safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"model {source}: no *.safetensors weights in {folder}")
+    return weights
+
+
 def dataset_snapshot(source: str, config: str | None, split: str, revision: str | None = None) -> Path:
     """The folder (or file) of a dataset: the local path itself, or its snapshot in the HF cache holding the card and
     the files of one (config, split) only (OpenR1-Math-220k's `extended` is a third of the repository)."""

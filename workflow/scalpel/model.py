@@ -98,12 +98,11 @@ def import_base(source: str, out_dir, revision: str | None = None, template: str
     nothing written here reaches the cache. `template`: `study` writes the authors' template with their system prompt
     into the tokenizer (they overrode OLMo-2's); `model` keeps the model's own, which must exist."""
     src, out = hub.model_snapshot(source, revision), Path(out_dir)
+    weights = hub.weight_files(src, source)
     files = sorted(f for f in src.iterdir() if f.is_file())
-    if not any(f.name.endswith(".safetensors") for f in files):
-        raise FileNotFoundError(f"model.base {source}: no *.safetensors weights in {src}")
     out.mkdir(parents=True)
     for f in files:
-        if f.name.endswith(".safetensors"):
+        if f in weights:
             (out / f.name).symlink_to(f.resolve())
         else:
             shutil.copyfile(f, out / f.name)

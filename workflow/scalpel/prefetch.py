@@ -22,9 +22,8 @@ log = logging.getLogger(__name__)
 
 def fetch_model(source: str, revision: str | None) -> dict:
     folder = hub.model_snapshot(source, revision)
+    hub.weight_files(folder, source)
     files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()}
-    if not any(name.endswith(".safetensors") for name in files):
-        raise FileNotFoundError(f"model {source}: no *.safetensors weights (files: {', '.join(files)})")
     return {"source": source, "revision": revision, "commit": hub.commit_of(folder), "path": str(folder),
             "files": files}
 
@@ -112,26 +111,34 @@ def prefetch(args) -> dict:
         manifest["datasets"] = datasets
     tasks = [t for t in (args.tasks or "").split(",") if t]
     if tasks:
+        if args.nltk_data:  # where IFEval's own download at import goes too (NLTK's first existing data path)
+            Path(args.nltk_data).mkdir(parents=True, exist_ok=True)
         manifest["eval_tasks"] = fetch_tasks(tasks, args.include_path)
         if any("ifeval" in name for name in manifest["eval_tasks"]):
             manifest["nltk_punkt_tab"] = fetch_punkt(args.nltk_data)
     return manifest
 
 
-def command_args(config: dict, include_path: str | None = None) -> list[str]:
-    """The arguments of `python -m scalpel prefetch` for a study's config (shell-quoted)."""
+PARTS = ("model", "data", "eval")
+
+
+def command_args(config: dict, part: str, include_path: str | None = None) -> list[str]:
+    """The arguments of `python -m scalpel prefetch` for one part of a study's config (shell-quoted): the base model,
+    the data (OpenR1 and MATH-500) or the eval tasks' datasets."""
     model, data = config["model"], config["data"]
     args = []
-    if model["base"] != "build":
+    if part == "model" and model["base"] != "build":
         args += ["--model", model["base"]] + (["--model-revision", model["revision"]] if model["revision"] else [])
-    if data["source"] == "openr1":
+    if part == "data" and data["source"] == "openr1":
         o = data["openr1"]
         args += ["--dataset", o["dataset"], "--dataset-config", o["config"], "--dataset-split", o["split"]]
         args += (["--dataset-revision", o["revision"]] if o["revision"] else [])
         args += (["--math500", o["math500"]] if o["math500"] else [])
     tasks = list(dict.fromkeys(t for suite in config["eval"]["tasks"].values() for t in suite))
-    if tasks:
+    if part == "eval" and tasks:
         args += ["--tasks", ",".join(tasks)] + (["--include-path", include_path] if include_path else [])
+    if part not in PARTS:
+        raise ValueError(f"prefetch part {part!r}: expected one of {', '.join(PARTS)}")
     return [shlex.quote(a) for a in args]
 
 
