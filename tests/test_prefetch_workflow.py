@@ -17,10 +17,10 @@ pytestmark = pytest.mark.integration
 TARGET = "results/data/counts.json"
 
 
-def snakemake(workdir: Path, config: Path, *args: str) -> str:
+def snakemake(workdir: Path, config: Path, *args: str, targets=(TARGET,)) -> str:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config), "--cores", "2", *args, TARGET]
+           "--configfile", str(config), "--cores", "2", *args, *targets]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -40,7 +40,7 @@ def study(tmp_path_factory):
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     workdir = root / "work"
-    snakemake(workdir, root / "config.yaml")
+    snakemake(workdir, root / "config.yaml", targets=("prefetch_all", TARGET))
     return {"root": root, "work": workdir, "stand_ins": stand_ins, "config": root / "config.yaml"}
 
 
@@ -72,7 +72,8 @@ def test_base_model_is_the_stand_in_with_the_study_template(study):
 
 def test_manifests_list_what_was_fetched(study):
     prefetched = study["work"] / "results/prefetch"
-    assert sorted(p.name for p in prefetched.iterdir()) == ["data.json", "model.json"]  # eval: not needed here
+    assert sorted(p.name for p in prefetched.iterdir()) == ["data.json", "eval.json", "model.json"]
+    assert json.loads((prefetched / "eval.json").read_text()) == {"hf_home": str(study["root"] / "hf")}  # no tasks
     model, data = (json.loads((prefetched / f"{part}.json").read_text()) for part in ("model", "data"))
     assert model["hf_home"] == data["hf_home"] == str(study["root"] / "hf")
     assert model["model"]["path"] == str(study["stand_ins"]["model"]) and "model.safetensors" in model["model"]["files"]

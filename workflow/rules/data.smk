@@ -1,12 +1,12 @@
-# Everything the study reads from the hub, fetched where Snakemake runs (it has network; jobs may not): `snakemake
-# prefetch` on a login node fetches it all.
-rule prefetch:
+# Everything the study reads from the hub, fetched where Snakemake runs (it has network; jobs may not), one part per
+# job; `snakemake prefetch_all` on a login node fetches all a study needs.
+rule prefetch_all:
     input:
         get_prefetch_files(),
     localrule: True
 
 
-rule prefetch_part:
+rule prefetch:
     input:
         get_prefetch_input,
     output:
