@@ -32,8 +32,11 @@ def write_hub_stand_ins(folder):
 
     write_tiny_study(folder)
     tok = AutoTokenizer.from_pretrained(folder / "base")
-    tok.chat_template = OLMO_TEMPLATE
     tok.save_pretrained(folder / "base")
+    # As in OLMo-2's repository (saved by transformers 4.47): the template inside tokenizer_config.json.
+    (folder / "base" / "chat_template.jinja").unlink()
+    config = json.loads((folder / "base" / "tokenizer_config.json").read_text())
+    (folder / "base" / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": OLMO_TEMPLATE}))
     _write_shards(folder / "openr1" / "extended", ROWS, 2)
     _write_shards(folder / "openr1" / "data", ROWS[:1], 1)
     (folder / "openr1" / "README.md").write_text(CARD)
@@ -155,10 +158,9 @@ def test_import_base_keeps_the_models_own_template(stand_ins, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     for f in stand_ins["model"].iterdir():
-        if f.name != "chat_template.jinja":
-            (bare / f.name).write_bytes(f.read_bytes())
+        (bare / f.name).write_bytes(f.read_bytes())
     config = json.loads((bare / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
+    del config["chat_template"]
     (bare / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="model.chat_template: model keeps the model's own template, but .* none"):
         model.import_base(str(bare), tmp_path / "none", template="model")

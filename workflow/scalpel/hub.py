@@ -131,6 +131,6 @@ def check_config(config: dict) -> None:
     if openr1["revision"] is not None and is_local(openr1["dataset"]):
         raise ConfigError(f"data.openr1.revision: {openr1['revision']} is a hub revision, but data.openr1.dataset "
                           f"is the local path {openr1['dataset']}")
-    if data["source"] == "openr1" and data["openr1"]["math500"] is None and config["kl"]["reference"] is None:
+    if data["source"] == "openr1" and openr1["math500"] is None and config["kl"]["reference"] is None:
         raise ConfigError("kl.reference: null takes the KL reference set from data.openr1.math500, which is null; "
                           "set one of them")

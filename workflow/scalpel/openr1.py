@@ -20,7 +20,6 @@ import logging
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-
 from .chat import SYSTEM_PROMPT, system_message
 from .data import write_jsonl
 from .hub import card_patterns, dataset_snapshot, describe_environment

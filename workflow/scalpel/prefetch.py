@@ -44,7 +44,7 @@ def explain_task_error(name: str, error: Exception) -> Exception:
     from huggingface_hub.errors import GatedRepoError
 
     chain, cause = [], error
-    while cause is not None:
+    while cause is not None and cause not in chain:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
     if any(isinstance(e, GatedRepoError) or "gated" in str(e).lower() for e in chain):
