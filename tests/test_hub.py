@@ -1,6 +1,11 @@
 """Hub sources on local stand-ins: config checks, the job environment, the base-model import and the prefetch."""
 import copy
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -238,3 +243,40 @@ def test_gated_dataset_error_names_the_task_and_the_token(monkeypatch, tmp_path)
     assert "accept the dataset's terms" in message
     other = prefetch.explain_task_error("gsm8k", ConnectionError("unreachable"))
     assert str(other) == "eval task gsm8k: ConnectionError: unreachable"
+
+
+def _cache_repo(hf_home, repo_type, repo_id, files_from):
+    """A repository in the HF cache's documented layout (refs/main -> snapshots/<commit>), as prefetch leaves it."""
+    repo = hf_home / "hub" / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    shutil.copytree(files_from, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+OFFLINE_JOB = """
+import json
+from scalpel import hub, openr1
+model = hub.model_snapshot("org/tiny-olmo")
+rows = len(openr1.load_source("org/openr1", "extended", "train"))
+try:
+    hub.model_snapshot("org/never-fetched")
+    missing = None
+except Exception as err:
+    missing = type(err).__name__
+print(json.dumps({"model": str(model), "commit": hub.commit_of(model), "rows": rows, "missing": missing}))
+"""
+
+
+def test_hub_ids_resolve_offline_from_the_cache(stand_ins, tmp_path):
+    hf_home = tmp_path / "hf"
+    model_dir = _cache_repo(hf_home, "model", "org/tiny-olmo", stand_ins["model"])
+    _cache_repo(hf_home, "dataset", "org/openr1", stand_ins["openr1"])
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PYTHONPATH=str(ROOT / "workflow"))
+    out = subprocess.run([sys.executable, "-c", OFFLINE_JOB], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"model": str(model_dir), "commit": model_dir.name, "rows": len(ROWS),
+                      "missing": "LocalEntryNotFoundError"}
