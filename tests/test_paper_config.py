@@ -259,7 +259,7 @@ def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
     for job in paper_dag:
         counts[job["rule"]] = counts.get(job["rule"], 0) + 1
     checkpoints = 6 * 20
-    assert counts == {"prefetch": 1, "base_model": 1, "data": 1, "launch_files": 1, "run_spec": 6, "train_grpo": 1,
+    assert counts == {"prefetch": 3, "base_model": 1, "data": 1, "launch_files": 1, "run_spec": 6, "train_grpo": 1,
                       "train_sft": 5, "evaluate": 1 + checkpoints, "diff": checkpoints, "kl": checkpoints,
                       "analysis_spec": 1, "tables": 1, "plots": 1, "all": 1}
     evals = [j["shell"] for j in paper_dag if j["rule"] == "evaluate"]

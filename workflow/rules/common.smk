@@ -20,13 +20,14 @@ validate(config, schema="../schemas/config.schema.yaml")
 try:
     RUNS = study_config.resolve_runs(config)
     study_config.eval_suites(config, final=True)
+    study_config.check_launch(config)
     study_hub.check_config(config)
 except study_config.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 if "base" in RUNS:
     raise WorkflowError("invalid config: runs.base: the name 'base' is reserved for the base model")
 if workflow.is_main_process:  # not in each job's own parse of the workflow
-    print("Study settings:\n" + study_config.settings_table(config, RUNS), file=sys.stderr)
+    print(f"Study settings:\n{study_config.settings_table(config, RUNS)}", file=sys.stderr)
 
 BASE = "base"
 BUILD_BASE = config["model"]["base"] == "build"
@@ -126,7 +127,20 @@ def train_processes(resources):
     return int(resources.get("gpu", 0)) or DEEPSPEED["cpu_processes"]
 
 
+TRAIN_NODES = config["launch"]["nodes"]
+
+
 def get_train_launcher(wildcards, resources):
+    if TRAIN_NODES > 1:
+        if resources.get("gpu"):
+            raise WorkflowError(
+                f"launch.nodes is {TRAIN_NODES}: ask for GPUs per node with the resource gres='gpu:N', not gpu=N"
+                " (the Slurm executor makes gpu a --gpus total over the job, which its one-task job step must hold)"
+            )
+        return (
+            f"python -m scalpel.launch slurm --machines {TRAIN_NODES} --config-file {LAUNCH_FILES}"
+            f" --cpu-processes {DEEPSPEED['cpu_processes']}"
+        )
     n = train_processes(resources)
     return " ".join(study_launch.train_command(config["launch"], n, LAUNCH_FILES or None))
 

@@ -1,17 +1,14 @@
-# The miniature's data rule writes its own lm-eval tasks; paper-scale tasks are lm-eval's built-in ones.
-LOCAL_TASKS = "results/data/lm_eval_tasks" if config["data"]["source"] == "synthetic" else None
-
-
 rule evaluate:
     input:
         model=get_model_dir,
-        tasks=LOCAL_TASKS or [],
+        tasks=LOCAL_TASK_DIR or [],
+        prefetch=get_eval_prefetch(),
     output:
         "results/eval/{run}/step-{step}.tsv",
     params:
         checkpoint=get_checkpoint_path,
         tasks=get_eval_tasks,
-        task_dir=f"--task-dir {LOCAL_TASKS}" if LOCAL_TASKS else "",
+        task_dir=f"--task-dir {LOCAL_TASK_DIR}" if LOCAL_TASK_DIR else "",
         backend=config["eval"]["backend"],
         dtype=config["model"]["dtype"],
         batch_size=config["eval"]["batch_size"],
