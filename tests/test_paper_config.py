@@ -230,28 +230,11 @@ def _minutes(value) -> int:
 def paper_dag(tmp_path_factory):
     """The paper-scale DAG as `snakemake -n -p --profile profiles/slurm` plans it, job by job, in an empty folder."""
     import os
-    import shutil
-    import subprocess
-    import sys
 
-    workdir = tmp_path_factory.mktemp("paper")
-    env = dict(os.environ, SLURM_ACCOUNT="acct", SLURM_PARTITION="cpu", SLURM_GPU_PARTITION="gpu",
-               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
-    no_conda = ["--sdm", "env-modules"] if shutil.which("conda") is None else []
-    out = subprocess.run(
-        ["snakemake", "-n", "-p", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(PAPER),
-         "--profile", str(ROOT / "profiles/slurm"), "--directory", str(workdir), *no_conda],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out.stdout + out.stderr)[1:]:
-        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
-        resources = re.search(r"resources: (.*)", block)
-        shell = re.search(r"Shell command: (.*)", block)
-        jobs.append({"rule": rule, "shell": shell.group(1) if shell else "",
-                     "resources": dict(kv.split("=", 1) for kv in resources.group(1).split(", ")) if resources else {}})
-    return jobs
+    from scalpel import slurm_preview
+
+    env = dict(os.environ, SLURM_ACCOUNT="acct", SLURM_PARTITION="cpu", SLURM_GPU_PARTITION="gpu")
+    return slurm_preview.dry_run_jobs(PAPER, ROOT / "profiles/slurm", tmp_path_factory.mktemp("paper"), env)
 
 
 def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
@@ -308,3 +291,18 @@ def test_dry_run_settings_show_what_the_gpus_depend_on(paper, runs):
     assert "dtype bfloat16" in text and "DeepSpeed ZeRO-3" in text and "vLLM colocate at 0.3" in text
     row = next(line.split() for line in text.splitlines() if line.startswith("sft_matched_lr"))
     assert row == ["sft_matched_lr", "sft", "571", "20", "1e-06", "448", "16", "True", "True", "-"]
+
+
+def test_sbatch_lines_of_the_paper_dag(paper_dag):
+    """The plugin's own sbatch builder on the dry run's resources: what the cluster would be asked for."""
+    from scalpel import slurm_preview
+
+    lines = {job["rule"]: slurm_preview.sbatch_line(job["resources"], job["threads"])
+             for job in paper_dag if not job["local"] and job["rule"] != "all"}
+    assert lines["train_grpo"].startswith("-A 'acct' -p 'gpu' -t 2880 --mem 512000")
+    assert "--gpus=8" in lines["train_sft"] and "--cpus-per-gpu=8" in lines["train_sft"]
+    assert "--signal=TERM@900" in lines["train_grpo"]
+    assert lines["evaluate"].endswith("--cpus-per-gpu=8 --gpus=1") and "--gpus=1" in lines["kl"]
+    assert "-p 'cpu'" in lines["diff"] and "gpu" not in lines["diff"]
+    assert {j["rule"] for j in paper_dag if j["local"]} == {"run_spec", "launch_files", "prefetch", "analysis_spec",
+                                                              "tables", "plots"}

@@ -1,0 +1,93 @@
+"""What a Slurm profile would submit for a config, without submitting: one sbatch line per rule.
+
+`python -m scalpel.slurm_preview --configfile config/paper.yaml --profile profiles/slurm` plans the DAG with
+`snakemake -n -p` (in an empty folder, so that every job is planned) and builds each rule's sbatch call with the
+snakemake-executor-plugin-slurm's own functions from the resources the dry run reports; the `--wrap`/`--job-name`
+parts, which depend on the submission, are left out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dry_run_jobs(configfile, profile, workdir, env=None) -> list[dict]:
+    """Every job of the dry run: rule, shell command and resources (as the dry run prints them)."""
+    no_conda = ["--sdm", "env-modules"] if shutil.which("conda") is None else []
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "--snakefile", str(ROOT / "Snakefile"), "--configfile",
+         str(configfile), "--profile", str(profile), "--directory", str(workdir), *no_conda],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    if out.returncode:
+        raise RuntimeError(f"snakemake -n failed:\n{out.stderr[-3000:]}")
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out.stdout + out.stderr)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        resources = re.search(r"resources: (.*)", block)
+        shell = re.search(r"Shell command: (.*)", block)
+        threads = re.search(r"threads: (\d+)", block)
+        jobs.append({"rule": rule, "local": rule in local_rules(), "shell": shell.group(1) if shell else "",
+                     "threads": int(threads.group(1)) if threads else 1,
+                     "resources": dict(kv.split("=", 1) for kv in resources.group(1).split(", ")) if resources else {}})
+    return jobs
+
+
+def local_rules() -> set[str]:
+    """Rules declared `localrule: True` in workflow/rules (the dry run does not mark them)."""
+    found = set()
+    for smk in (ROOT / "workflow/rules").glob("*.smk"):
+        chunks = re.split(r"^\s*rule (\w+):$", smk.read_text(), flags=re.M)
+        for name, body in zip(chunks[1::2], chunks[2::2]):
+            if "localrule: True" in body:
+                found.add(name)
+    return found
+
+
+class _Resources(dict):
+    def __getattr__(self, name):
+        return self[name]
+
+
+def sbatch_line(resources: dict, threads: int = 1) -> str:
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    res = _Resources({k: int(v) if v.isdigit() else v for k, v in resources.items() if v != "<TBD>"})
+    job = SimpleNamespace(resources=res, threads=threads)
+    params = {"run_uuid": "JOB", "slurm_logfile": "LOG", "comment_str": "RULE", "workdir": None,
+              "account": f"-A '{res['slurm_account']}'", "partition": f"-p '{res['slurm_partition']}'"}
+    line = get_submit_command(job, params) + set_gres_string(job)
+    return line.split("--comment RULE ", 1)[1]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m scalpel.slurm_preview", description=__doc__.split("\n\n")[0])
+    p.add_argument("--configfile", required=True)
+    p.add_argument("--profile", default=str(ROOT / "profiles/slurm"))
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as workdir:
+        jobs = dry_run_jobs(Path(a.configfile).resolve(), Path(a.profile).resolve(), workdir, dict(os.environ))
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job["rule"]] = counts.get(job["rule"], 0) + 1
+    seen = set()
+    for job in jobs:
+        if job["rule"] in seen or job["rule"] == "all":
+            continue
+        seen.add(job["rule"])
+        where = "local (no sbatch)" if job["local"] else sbatch_line(job["resources"], job["threads"])
+        print(f"{job['rule']} x{counts[job['rule']]}: {where}")
+
+
+if __name__ == "__main__":
+    main()
