@@ -168,33 +168,72 @@ def _weights(folder):
     return out
 
 
-@pytest.mark.integration
-def test_zero3_two_processes_match_one_process(tmp_path):
+def sft_spec(per_device: int, deepspeed: bool) -> dict:
+    """The run both sides train: with the same global batch (4 x 1 process = 2 x 2 processes) and seed hence the same
+    shuffled order, accelerate hands each process alternate micro-batches of that order, so the 2 processes see
+    exactly the examples of the 1. The loss is normalised by the tokens of the whole global batch
+    (average_tokens_across_devices), no dropout."""
+    from scalpel import config
+
+    cfg = {"seed": 0, "model": {"dtype": "float32"},
+           "train_defaults": {"sft": {
+               "learning_rate": 1.0e-3, "lr_scheduler_type": "constant", "max_grad_norm": 1.0,
+               "per_device_train_batch_size": per_device, "gradient_accumulation_steps": 1, "max_length": 256,
+               "packing": False, "completion_only_loss": False, "logging_steps": 1, "bf16": False,
+               "use_cpu": True, "gradient_checkpointing": False, "dataloader_num_workers": 0}},
+           "runs": {"sft": {"method": "sft", "steps": STEPS, "checkpoints": 2}},
+           "launch": {"deepspeed": {"enabled": deepspeed, "zero_stage": 3}}}
+    return config.resolve_run(cfg, "sft")
+
+
+def assert_same_training(base_dir: Path, plain_dir: Path, zero3_dir: Path) -> None:
+    """The run in `zero3_dir` (ZeRO-3, several processes) trained as the plain one-process run in `plain_dir`."""
+    # Tolerances. The runs are the same computation in a different float order (per-process padding and matmul
+    # shapes, gloo's reduce-scatter of the gradients, a flat partitioned Adam state): measured, the losses agree to
+    # 1e-7 relative, the gradient norms to 2e-7, the weights to 5e-6 of the update from the base (max 1.4e-6 on one
+    # element, where Adam divides a ~1e-8 gradient by its own magnitude). Real bugs sit far above: a different data
+    # order (seed 1) moves the weights by 0.3-0.37 of the update; averaging per-process token means instead of the
+    # global one (average_tokens_across_devices false) by 7e-3-1.1e-2 of the update, max 1.9e-3 on an element, and the
+    # gradient norms by 1e-4. Each bound sits between the two, with a margin of 7x or more on each side.
     import torch
 
+    hist = {n: [h for h in json.loads((d / "log.json").read_text()) if "loss" in h]
+            for n, d in (("plain", plain_dir), ("zero3", zero3_dir))}
+    assert [h["step"] for h in hist["plain"]] == [h["step"] for h in hist["zero3"]] == list(range(1, STEPS + 1))
+    for a, b in zip(hist["plain"], hist["zero3"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), (a, b)
+
+    base = _weights(base_dir)
+    for step in (2, 4):
+        plain = _weights(plain_dir / f"checkpoints/step-{step}")
+        zero3 = _weights(zero3_dir / f"checkpoints/step-{step}")
+        # Gathered, full-shape, fp32 weights of every parameter.
+        assert zero3.keys() == plain.keys() == base.keys()
+        for name, t in zero3.items():
+            assert t.shape == base[name].shape and t.dtype == torch.float32, name
+        # The difference of the runs must be tiny beside the update each made (tolerances above).
+        update = torch.cat([(plain[n] - base[n]).flatten() for n in base]).norm()
+        diff = torch.cat([(plain[n] - zero3[n]).flatten() for n in base]).norm()
+        worst = max((plain[n] - zero3[n]).abs().max().item() for n in base)
+        print(f"step {step}: |update| {update:.4g}, |zero3 - plain| {diff:.3g} ({diff / update:.2e} of the update), "
+              f"max |diff| {worst:.3g}")
+        assert update > 0.1, "training did not move the weights"
+        assert diff <= 1e-3 * update
+        assert worst <= 1e-4  # a tenth of one step's learning rate
+
+
+@pytest.mark.integration
+def test_zero3_two_processes_match_one_process(tmp_path):
     from scalpel import config
 
     write_tiny_study(tmp_path)
-
-    # Same global batch (4 x 1 process = 2 x 2 processes), same seed hence the same shuffled order: accelerate hands
-    # each process alternate micro-batches of that order, so the 2 processes see exactly the examples of the 1.
-    # The loss is normalised by the tokens of the whole global batch (average_tokens_across_devices), no dropout.
-    def spec(per_device, deepspeed):
-        cfg = {"seed": 0, "model": {"dtype": "float32"},
-               "train_defaults": {"sft": {
-                   "learning_rate": 1.0e-3, "lr_scheduler_type": "constant", "max_grad_norm": 1.0,
-                   "per_device_train_batch_size": per_device, "gradient_accumulation_steps": 1, "max_length": 256,
-                   "packing": False, "completion_only_loss": False, "logging_steps": 1, "bf16": False,
-                   "use_cpu": True, "gradient_checkpointing": False, "dataloader_num_workers": 0}},
-               "runs": {"sft": {"method": "sft", "steps": STEPS, "checkpoints": 2}},
-               "launch": {"deepspeed": {"enabled": deepspeed, "zero_stage": 3}}}
-        return config.resolve_run(cfg, "sft")
 
     runs = {}
     for name, nproc in (("plain", 1), ("zero3", 2)):
         d = tmp_path / name
         d.mkdir()
-        s = spec(GLOBAL_BATCH // nproc, nproc > 1)
+        s = sft_spec(GLOBAL_BATCH // nproc, nproc > 1)
         config.write_yaml(s, d / "spec.yaml")
         files, probe_env = None, {}
         if nproc > 1:
@@ -226,33 +265,4 @@ def test_zero3_two_processes_match_one_process(tmp_path):
             assert local == 0, f"rank {rank} holds all of {name} outside forward: not partitioned"
             assert full > 0 and shard == -(-full // 2), f"rank {rank}: {name} shard {shard} of {full}"
 
-    # Tolerances. The runs are the same computation in a different float order (per-process padding and matmul
-    # shapes, gloo's reduce-scatter of the gradients, a flat partitioned Adam state): measured, the losses agree to
-    # 1e-7 relative, the gradient norms to 2e-7, the weights to 5e-6 of the update from the base (max 1.4e-6 on one
-    # element, where Adam divides a ~1e-8 gradient by its own magnitude). Real bugs sit far above: a different data
-    # order (seed 1) moves the weights by 0.3-0.37 of the update; averaging per-process token means instead of the
-    # global one (average_tokens_across_devices false) by 7e-3-1.1e-2 of the update, max 1.9e-3 on an element, and the
-    # gradient norms by 1e-4. Each bound sits between the two, with a margin of 7x or more on each side.
-    hist = {n: [h for h in json.loads((r["dir"] / "log.json").read_text()) if "loss" in h] for n, r in runs.items()}
-    assert [h["step"] for h in hist["plain"]] == [h["step"] for h in hist["zero3"]] == list(range(1, STEPS + 1))
-    for a, b in zip(hist["plain"], hist["zero3"]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), (a, b)
-
-    base = _weights(tmp_path / "base")
-    for step in (2, 4):
-        plain = _weights(runs["plain"]["dir"] / f"checkpoints/step-{step}")
-        zero3 = _weights(runs["zero3"]["dir"] / f"checkpoints/step-{step}")
-        # Gathered, full-shape, fp32 weights of every parameter.
-        assert zero3.keys() == plain.keys() == base.keys()
-        for name, t in zero3.items():
-            assert t.shape == base[name].shape and t.dtype == torch.float32, name
-        # The difference of the runs must be tiny beside the update each made (tolerances above).
-        update = torch.cat([(plain[n] - base[n]).flatten() for n in base]).norm()
-        diff = torch.cat([(plain[n] - zero3[n]).flatten() for n in base]).norm()
-        worst = max((plain[n] - zero3[n]).abs().max().item() for n in base)
-        print(f"step {step}: |update| {update:.4g}, |zero3 - plain| {diff:.3g} ({diff / update:.2e} of the update), "
-              f"max |diff| {worst:.3g}")
-        assert update > 0.1, "training did not move the weights"
-        assert diff <= 1e-3 * update
-        assert worst <= 1e-4  # a tenth of one step's learning rate
+    assert_same_training(tmp_path / "base", runs["plain"]["dir"], runs["zero3"]["dir"])

@@ -58,6 +58,8 @@ rule train_grpo:
         launcher=get_train_launcher,
         omp_threads=get_train_omp_threads,
     threads: 1
+    resources:
+        nodes=TRAIN_NODES,  # launch.nodes: sbatch --nodes through the Slurm executor
     log:
         "logs/train/{run}.log",
     benchmark:
@@ -84,6 +86,8 @@ rule train_sft:
         launcher=get_train_launcher,
         omp_threads=get_train_omp_threads,
     threads: 1
+    resources:
+        nodes=TRAIN_NODES,  # launch.nodes: sbatch --nodes through the Slurm executor
     log:
         "logs/train/{run}.log",
     benchmark:

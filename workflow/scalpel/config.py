@@ -110,6 +110,18 @@ def resolve_runs(config: dict) -> dict[str, dict]:
     return {name: resolve_run(config, name) for name in config["runs"]}
 
 
+def check_launch(config: dict) -> None:
+    """Training on several nodes needs DeepSpeed (one accelerate launcher per node)."""
+    launch = config.get("launch", {})
+    nodes = launch.get("nodes", 1)
+    if nodes > 1 and not launch.get("deepspeed", {}).get("enabled", False):
+        raise ConfigError(f"launch.nodes is {nodes}: training on several nodes needs launch.deepspeed.enabled: true")
+    vllm = launch.get("vllm", {})
+    if nodes > 1 and vllm.get("enabled") and vllm.get("mode") == "server":
+        raise ConfigError(f"launch.nodes is {nodes}: launch.vllm.mode server serves from one node's GPU; use "
+                          "colocate on several nodes")
+
+
 def eval_suites(config: dict, final: bool) -> list[str]:
     """Suites evaluated on a checkpoint: all on the base and final checkpoints, final_only ones skipped elsewhere."""
     ev = config["eval"]

@@ -22,12 +22,27 @@ the run's `use_cpu` TRL argument; the yaml's `use_cpu` only records it.
 
 As a command: `python -m scalpel.launch --stage 3 --num-processes 2 --outdir DIR [--cpu] [--bf16]
 [--persistence-threshold N]` writes both files and prints the path of the yaml.
+
+Several nodes (`launch.nodes`), inside a Slurm job, in two steps that read the Slurm environment:
+
+    python -m scalpel.launch slurm --machines N --config-file YAML --cpu-processes P train --spec ...
+
+execs `srun` with one task per node (per machine), each running
+
+    python -m scalpel.launch node --config-file YAML --cpu-processes P train --spec ...
+
+which execs `accelerate launch` with its machine rank (SLURM_PROCID), the first host of the job as the rendezvous
+address and the process count of all machines (the GPUs of its node, or P without GPUs, times N).
 """
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -97,9 +112,11 @@ def accelerate_config(ds_config_path, *, num_processes: int, num_machines: int =
     `zero3_init` (accelerate's zero3_init_flag) partitions the model while `from_pretrained` loads it; it only means
     something for ZeRO-3 (accelerate turns it off, with a warning, for stage 2), so pass False there.
     One machine: static rendezvous on localhost (`main_process_port` 0 picks a free port). Several machines (one
-    `accelerate launch` per node, e.g. under `srun`): c10d rendezvous at `main_process_ip:main_process_port`, with
+    `accelerate launch` per node, e.g. under `srun`): rendezvous at `main_process_ip:main_process_port`, with
     DeepSpeed's "standard" (torchrun) multinode launcher instead of its pdsh default; each node then passes its own
-    `--machine_rank` on the command line.
+    `--machine_rank` on the command line. accelerate 1.15 reads neither `rdzv_backend` nor `same_network` from the
+    yaml (its CLI defaults, static and false, always win), so the "c10d" written here is not what runs: the
+    workflow's node launcher (`node_command`) gives `--rdzv_backend` on the command line instead.
     """
     if num_processes < 1 or num_machines < 1:
         raise ValueError("num_processes and num_machines must be at least 1")
@@ -171,7 +188,84 @@ def train_command(launch: dict, num_processes: int = 1, config_file=None,
             *map(str, extra_launch_args), "-m", "scalpel"]
 
 
+# Several nodes under Slurm -------------------------------------------------------------------------------------------
+
+# What a nested srun may inherit: the job's identity. The step's own SLURM_* (task and CPU counts, --cpus-per-gpu) are
+# srun input variables that would override or contradict the flags given (as the Slurm executor's jobstep does).
+SLURM_JOB_IDENTITY = ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_CLUSTER_NAME", "SLURM_CONF", "SLURM_SUBMIT_DIR",
+                      "SLURM_SUBMIT_HOST")
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list ("gpu[07-08],cpu1" -> "gpu07"), ranges expanded by Slurm's scontrol."""
+    if "[" not in nodelist:
+        return nodelist.split(",")[0]
+    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    return out.stdout.split()[0]
+
+
+def rendezvous_port(env: Mapping[str, str]) -> int:
+    """A port per job (20000-39999), so that jobs sharing their first node do not collide."""
+    return 20000 + int(env["SLURM_JOB_ID"]) % 20000
+
+
+def srun_command(env: Mapping[str, str], machines: int, node_args: Sequence[str]) -> tuple[list[str], dict]:
+    """The srun that starts `machines` node launchers over the job's nodes, and its environment.
+
+    One task per node on a real allocation; several on a smaller one (a test cluster: each task is then a machine
+    that shares its node). Each task gets its node's CPUs (split between the tasks on it) and, by Slurm's default,
+    all the job's GPUs on its node. `--overlap`: the Slurm executor runs the rule itself in a job step holding CPUs of
+    the first node.
+    """
+    nodes = int(env["SLURM_JOB_NUM_NODES"])
+    if machines % nodes:
+        raise ValueError(f"launch.nodes ({machines}) is not a multiple of the job's {nodes} nodes")
+    cpus_per_node = min(int(n) for n in re.findall(r"(\d+)(?:\(x\d+\))?", env["SLURM_JOB_CPUS_PER_NODE"]))
+    cpus_per_task = max(1, cpus_per_node // (machines // nodes))
+    cmd = ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={machines}", f"--cpus-per-task={cpus_per_task}",
+           "--kill-on-bad-exit=1", sys.executable, "-m", "scalpel.launch", "node", *node_args]
+    step_env = {k: v for k, v in env.items()
+                if not k.startswith(("SLURM_", "SRUN_", "SBATCH_")) or k in SLURM_JOB_IDENTITY}
+    return cmd, step_env
+
+
+def node_command(env: Mapping[str, str], config_file, cpu_processes: int) -> list[str]:
+    """The `accelerate launch ... -m scalpel` prefix of one node launcher: a task of `srun_command`'s step.
+
+    Machine rank SLURM_PROCID of SLURM_NTASKS machines; rendezvous at the job's first host, where task 0 runs;
+    processes per machine: the GPUs Slurm gave the node (SLURM_GPUS_ON_NODE), else `cpu_processes`. Static
+    rendezvous: machine rank 0 hosts the store and ranks follow machine ranks. (accelerate's yaml `rdzv_backend` is
+    never read: its CLI default "static" wins, so the flag is given here.)
+    """
+    machines, rank = int(env["SLURM_NTASKS"]), int(env["SLURM_PROCID"])
+    per_machine = int(env.get("SLURM_GPUS_ON_NODE") or 0) or cpu_processes
+    flags = ["--num_machines", machines, "--machine_rank", rank,
+             "--main_process_ip", first_host(env["SLURM_JOB_NODELIST"]), "--main_process_port", rendezvous_port(env),
+             "--rdzv_backend", "static", "--deepspeed_multinode_launcher", "standard"]
+    return train_command({"deepspeed": {"enabled": True}}, machines * per_machine, config_file, flags)
+
+
+def _slurm_main(argv, node: bool) -> None:
+    p = argparse.ArgumentParser(prog=f"python -m scalpel.launch {'node' if node else 'slurm'}")
+    if not node:
+        p.add_argument("--machines", type=int, required=True, help="launch.nodes: one node launcher each")
+    p.add_argument("--config-file", required=True, help="the accelerate yaml of write_launch_files")
+    p.add_argument("--cpu-processes", type=int, required=True, help="processes per machine without GPUs")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the scalpel stage and its arguments")
+    a = p.parse_args(argv)
+    if node:
+        cmd, env = node_command(os.environ, a.config_file, a.cpu_processes) + a.command, dict(os.environ)
+    else:
+        node_args = ["--config-file", a.config_file, "--cpu-processes", str(a.cpu_processes), *a.command]
+        cmd, env = srun_command(os.environ, a.machines, node_args)
+    print(" ".join(cmd), file=sys.stderr, flush=True)
+    os.execvpe(cmd[0], cmd, env)
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("node", "slurm"):
+        return _slurm_main(argv[1:], node=argv[0] == "node")
     p = argparse.ArgumentParser(prog="python -m scalpel.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", type=int, choices=[2, 3], required=True, help="ZeRO stage")
     p.add_argument("--num-processes", type=int, required=True, help="processes in all (over every machine)")
@@ -195,6 +289,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
+    main()

@@ -201,6 +201,8 @@ def run(spec_file: str, base: str, data_file: str, checkpoint_dir: str, state_di
         if step in spec["checkpoint_steps"] and not (exports / f"step-{step}").is_dir():
             export_checkpoint(Path(resume), exports / f"step-{step}")
     trainer = build_trainer(spec, base, data_file, state_dir)
+    log.info("process %d of %d, machine %s", trainer.args.process_index, trainer.args.world_size,
+             os.environ.get("GROUP_RANK", "0"))  # GROUP_RANK: the machine rank torchrun gives each process
     trainer.train(resume_from_checkpoint=resume)
     stopper = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal))
     if stopper.stopped_by:

@@ -1,0 +1,113 @@
+"""Training on several nodes: how each node's launcher is derived from the Slurm environment, and a real 2-machine
+ZeRO-3 run as a Slurm job on the local cluster (2 tasks of one node standing in for 2 nodes)."""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, write_tiny_study
+from scalpel import config, launch
+from test_deepspeed import GLOBAL_BATCH, _run, assert_same_training, sft_spec
+from test_slurm import cluster  # noqa: F401 (fixture)
+
+NODE = {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_JOB_NODELIST": "gpu07,gpu08", "SLURM_JOB_ID": "4321"}
+
+
+def test_node_launcher_takes_rank_address_and_processes_from_slurm():
+    gpu = launch.node_command({**NODE, "SLURM_GPUS_ON_NODE": "8"}, "/x/accelerate.yaml", cpu_processes=3)
+    flags = dict(zip(gpu[2:-2:2], gpu[3:-2:2]))
+    assert gpu[:2] == ["accelerate", "launch"] and gpu[-2:] == ["-m", "scalpel"]
+    assert flags == {"--config_file": "/x/accelerate.yaml", "--num_processes": "16", "--num_machines": "2",
+                     "--machine_rank": "1", "--main_process_ip": "gpu07", "--main_process_port": "24321",
+                     "--rdzv_backend": "static", "--deepspeed_multinode_launcher": "standard"}
+    cpu = launch.node_command({**NODE, "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, "a.yaml", cpu_processes=3)
+    assert cpu[cpu.index("--num_processes") + 1] == "12" and cpu[cpu.index("--machine_rank") + 1] == "0"
+    assert cpu[cpu.index("--num_machines") + 1] == "4"
+
+
+def test_first_host_expands_slurm_ranges():
+    assert launch.first_host("cpu3,gpu07") == "cpu3"
+    try:
+        expanded = launch.first_host("gpu[007-009,012],cpu1")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no scontrol with a Slurm config here")
+    assert expanded == "gpu007"
+
+
+def test_srun_starts_one_launcher_per_node_with_the_node_cpus():
+    env = {"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_CPUS_PER_NODE": "64(x2)", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "1",
+           "SLURM_CPUS_PER_GPU": "8", "SLURM_STEP_ID": "0", "SBATCH_GRES": "gpu:8", "PATH": "/bin", "HOME": "/h"}
+    cmd, step_env = launch.srun_command(env, 2, ["--config-file", "a.yaml", "train"])
+    assert cmd[:6] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--cpus-per-task=64", "--kill-on-bad-exit=1"]
+    assert cmd[6:] == [sys.executable, "-m", "scalpel.launch", "node", "--config-file", "a.yaml", "train"]
+    # The job's identity stays; the executor's step settings (1 task, --cpus-per-gpu) must not reach the new step.
+    assert step_env == {"SLURM_JOB_ID": "7", "PATH": "/bin", "HOME": "/h"}
+    # A one-node test allocation: both machines on it, its CPUs split between them.
+    cmd, _ = launch.srun_command({**env, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_CPUS_PER_NODE": "2"}, 2, [])
+    assert cmd[2:5] == ["--nodes=1", "--ntasks=2", "--cpus-per-task=1"]
+    with pytest.raises(ValueError, match="multiple"):
+        launch.srun_command(env, 3, [])
+
+
+def test_several_nodes_need_deepspeed():
+    config.check_launch({"launch": {"nodes": 1}})
+    config.check_launch({"launch": {"nodes": 2, "deepspeed": {"enabled": True}}})
+    with pytest.raises(config.ConfigError, match=r"launch.nodes is 2: .*launch.deepspeed.enabled"):
+        config.check_launch({"launch": {"nodes": 2, "deepspeed": {"enabled": False}}})
+    with pytest.raises(config.ConfigError, match="launch.vllm.mode"):
+        config.check_launch({"launch": {"nodes": 2, "deepspeed": {"enabled": True},
+                                        "vllm": {"enabled": True, "mode": "server"}}})
+
+
+@pytest.mark.slurm
+@pytest.mark.integration
+def test_two_machines_in_a_slurm_job_train_as_one_process(cluster, tmp_path):  # noqa: F811
+    write_tiny_study(tmp_path)
+    # DeepSpeed JIT-builds its CPU op into a cache keyed by name only; a private one is not rebuilt by other venvs.
+    env = {"TORCH_EXTENSIONS_DIR": os.path.join(sys.prefix, "torch_extensions")}
+    plain, machines = tmp_path / "plain", tmp_path / "machines"
+    for d, per_device, deepspeed in ((plain, GLOBAL_BATCH, False), (machines, GLOBAL_BATCH // 2, True)):
+        d.mkdir()
+        config.write_yaml(sft_spec(per_device, deepspeed), d / "spec.yaml")
+    train_args = ["train", "--base", tmp_path / "base", "--data", tmp_path / "sft.jsonl"]
+    dirs = lambda d: ["--spec", d / "spec.yaml", "--checkpoints", d / "checkpoints", "--state", d / "state",  # noqa
+                      "--log-history", d / "log.json"]
+    _run([str(c) for c in [sys.executable, "-m", "scalpel", *train_args, *dirs(plain)]], tmp_path,
+         plain / "train.log", **env)
+
+    yaml_file = launch.write_launch_files(machines / "launch", 3, 1, use_cpu=True, bf16=False, threshold=0)
+    entry = [sys.executable, "-m", "scalpel.launch", "slurm", "--machines", "2", "--config-file", yaml_file,
+             "--cpu-processes", "1", *train_args, *dirs(machines)]
+    # -n 2: both tasks on this one node, each a machine of one process. -t 4: Slurm kills it after 4 minutes.
+    job = ["sbatch", "--parsable", "--wait", "-A", "ci", "-p", "debug", "-n", "2", "-t", "4", "--mem", "4000",
+           "-J", "multinode-test", "-o", str(machines / "job.log"), "-D", str(tmp_path),
+           "--wrap", " ".join(map(str, entry))]
+    env.update(PYTHONPATH=str(ROOT / "workflow"), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen(job, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    job_id = proc.stdout.readline().strip()
+    try:
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            subprocess.run(["scancel", job_id])
+            proc.kill()
+    log = (machines / "job.log").read_text()
+    assert proc.returncode == 0, log[-5000:]
+
+    steps = subprocess.run(["sacct", "-j", job_id, "--parsable2", "--noheader", "--format=JobID,State,NTasks"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert f"{job_id}.0|COMPLETED|2" in steps, steps
+    launches = re.findall(r"^accelerate launch .*$", log, re.MULTILINE)
+    assert len(launches) == 2, log[-5000:]
+    ranks = sorted(re.search(r"--machine_rank (\d+)", line).group(1) for line in launches)
+    assert ranks == ["0", "1"]
+    for line in launches:
+        assert "--num_processes 2 --num_machines 2" in line and "--rdzv_backend static" in line
+    # Both machines took part in one world of 2.
+    assert sorted(re.findall(r"process (\d) of 2, machine (\d)", log)) == [("0", "0"), ("1", "1")]
+    assert_same_training(tmp_path / "base", plain, machines)
