@@ -304,5 +304,8 @@ def test_sbatch_lines_of_the_paper_dag(paper_dag):
     assert "--signal=TERM@900" in lines["train_grpo"]
     assert lines["evaluate"].endswith("--cpus-per-gpu=8 --gpus=1") and "--gpus=1" in lines["kl"]
     assert "-p 'cpu'" in lines["diff"] and "gpu" not in lines["diff"]
+    assert lines["data"].endswith("--cpus-per-task=16")  # the profile's threads reach Slurm, not capped locally
+    trains = [j["shell"] for j in paper_dag if j["rule"].startswith("train_")]
+    assert all(s.startswith("OMP_NUM_THREADS=8 accelerate launch") for s in trains)  # 64 threads / 8 processes
     assert {j["rule"] for j in paper_dag if j["local"]} == {"run_spec", "launch_files", "prefetch", "analysis_spec",
                                                               "tables", "plots"}
