@@ -309,3 +309,21 @@ def test_sbatch_lines_of_the_paper_dag(paper_dag):
     assert all(s.startswith("OMP_NUM_THREADS=8 accelerate launch") for s in trains)  # 64 threads / 8 processes
     assert {j["rule"] for j in paper_dag if j["local"]} == {"run_spec", "launch_files", "prefetch", "analysis_spec",
                                                               "tables", "plots"}
+
+
+def test_vllm_server_mode_gives_one_gpu_to_vllm_as_the_authors_ran(tmp_path):
+    import os
+
+    from scalpel import slurm_preview
+
+    cfg = yaml.safe_load(PAPER.read_text())
+    cfg["launch"]["vllm"].update(mode="server", gpu_memory_utilization=0.7)
+    (tmp_path / "server.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, SLURM_ACCOUNT="acct", SLURM_PARTITION="cpu", SLURM_GPU_PARTITION="gpu")
+    jobs = slurm_preview.dry_run_jobs(tmp_path / "server.yaml", ROOT / "profiles/slurm", tmp_path / "wd", env)
+    grpo = next(j["shell"] for j in jobs if j["rule"] == "train_grpo")
+    serve, train = grpo.split(" -- ")
+    assert "python -m scalpel.vllm_server --model results/models/base --gpu-memory-utilization 0.7" in serve
+    assert train.startswith("accelerate launch") and "--num_processes 7 " in train  # 8 GPUs: 7 train, 1 serves
+    assert all("--num_processes 8 " in j["shell"] and "vllm_server" not in j["shell"]
+               for j in jobs if j["rule"] == "train_sft")

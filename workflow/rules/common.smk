@@ -120,11 +120,24 @@ DEEPSPEED = config["launch"]["deepspeed"]
 LAUNCH_FILES = "results/launch/accelerate.yaml" if DEEPSPEED["enabled"] else []
 
 
-def train_processes(resources):
-    """One process per GPU of the job; `launch.deepspeed.cpu_processes` on a CPU-only job; one without DeepSpeed."""
+VLLM = config["launch"]["vllm"]
+
+
+def vllm_server_mode(run):
+    return VLLM["enabled"] and VLLM["mode"] == "server" and RUNS[run]["method"] == "grpo"
+
+
+def train_processes(resources, run=None):
+    """One process per GPU of the job (less the one serving vLLM in server mode); `launch.deepspeed.cpu_processes`
+    on a CPU-only job; one without DeepSpeed."""
     if not DEEPSPEED["enabled"]:
         return 1
-    return int(resources.get("gpu", 0)) or DEEPSPEED["cpu_processes"]
+    gpus = int(resources.get("gpu", 0))
+    if gpus and run and vllm_server_mode(run):
+        if gpus < 2:
+            raise WorkflowError(f"launch.vllm.mode server needs 2 or more GPUs for train_grpo (run {run}): one serves")
+        return gpus - 1
+    return gpus or DEEPSPEED["cpu_processes"]
 
 
 TRAIN_NODES = config["launch"]["nodes"]
@@ -141,12 +154,19 @@ def get_train_launcher(wildcards, resources):
             f"python -m scalpel.launch slurm --machines {TRAIN_NODES} --config-file {LAUNCH_FILES}"
             f" --cpu-processes {DEEPSPEED['cpu_processes']}"
         )
-    n = train_processes(resources)
-    return " ".join(study_launch.train_command(config["launch"], n, LAUNCH_FILES or None))
+    n = train_processes(resources, wildcards.run)
+    launcher = study_launch.train_command(config["launch"], n, LAUNCH_FILES or None)
+    if vllm_server_mode(wildcards.run):
+        launcher = [
+            "python", "-m", "scalpel.vllm_server", "--model", base_model_dir(),
+            "--gpu-memory-utilization", str(VLLM["gpu_memory_utilization"]), "--dtype", config["model"]["dtype"],
+            "--server-log", f"logs/train/{wildcards.run}.vllm_server.log", "--", *launcher,
+        ]
+    return " ".join(launcher)
 
 
 def get_train_omp_threads(wildcards, threads, resources):
-    return max(1, threads // train_processes(resources))
+    return max(1, threads // train_processes(resources, wildcards.run))
 
 
 def get_kl_files(wildcards=None):
