@@ -2,16 +2,17 @@
 ZeRO-3 run as a Slurm job on the local cluster (2 tasks of one node standing in for 2 nodes)."""
 import os
 import re
+import shutil
 import subprocess
 import sys
-import time
 
 import pytest
+import yaml
 
 from conftest import ROOT, write_tiny_study
 from scalpel import config, launch
 from test_deepspeed import GLOBAL_BATCH, _run, assert_same_training, sft_spec
-from test_slurm import cluster  # noqa: F401 (fixture)
+from test_slurm import SMOKE, cluster, planned_resources, snakemake  # noqa: F401 (fixture)
 
 NODE = {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_JOB_NODELIST": "gpu07,gpu08", "SLURM_JOB_ID": "4321"}
 
@@ -38,18 +39,20 @@ def test_first_host_expands_slurm_ranges():
 
 
 def test_srun_starts_one_launcher_per_node_with_the_node_cpus():
-    env = {"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_CPUS_PER_NODE": "64(x2)", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "1",
-           "SLURM_CPUS_PER_GPU": "8", "SLURM_STEP_ID": "0", "SBATCH_GRES": "gpu:8", "PATH": "/bin", "HOME": "/h"}
-    cmd, step_env = launch.srun_command(env, 2, ["--config-file", "a.yaml", "train"])
+    env = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_CPUS_PER_GPU": "8", "SLURM_STEP_ID": "0",
+           "SBATCH_GRES": "gpu:8", "PATH": "/bin", "HOME": "/h"}
+    cmd, step_env = launch.srun_command(env, 2, ["--config-file", "a.yaml", "train"], shape=(2, 64))
     assert cmd[:6] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--cpus-per-task=64", "--kill-on-bad-exit=1"]
     assert cmd[6:] == [sys.executable, "-m", "scalpel.launch", "node", "--config-file", "a.yaml", "train"]
     # The job's identity stays; the executor's step settings (1 task, --cpus-per-gpu) must not reach the new step.
     assert step_env == {"SLURM_JOB_ID": "7", "PATH": "/bin", "HOME": "/h"}
     # A one-node test allocation: both machines on it, its CPUs split between them.
-    cmd, _ = launch.srun_command({**env, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_CPUS_PER_NODE": "2"}, 2, [])
+    cmd, _ = launch.srun_command(env, 2, [], shape=(1, 2))
     assert cmd[2:5] == ["--nodes=1", "--ntasks=2", "--cpus-per-task=1"]
     with pytest.raises(ValueError, match="multiple"):
-        launch.srun_command(env, 3, [])
+        launch.srun_command(env, 3, [], shape=(2, 64))
+    with pytest.raises(ValueError, match="inside a Slurm job"):
+        launch.srun_command({"PATH": "/bin"}, 2, [])
 
 
 def test_several_nodes_need_deepspeed():
@@ -102,6 +105,8 @@ def test_two_machines_in_a_slurm_job_train_as_one_process(cluster, tmp_path):  #
     steps = subprocess.run(["sacct", "-j", job_id, "--parsable2", "--noheader", "--format=JobID,State,NTasks"],
                            capture_output=True, text=True, check=True).stdout.split()
     assert f"{job_id}.0|COMPLETED|2" in steps, steps
+    # The job's shape came from Slurm: 1 node of 2 CPUs, one for each machine.
+    assert re.search(r"^srun --overlap --nodes=1 --ntasks=2 --cpus-per-task=1 ", log, re.MULTILINE), log[:3000]
     launches = re.findall(r"^accelerate launch .*$", log, re.MULTILINE)
     assert len(launches) == 2, log[-5000:]
     ranks = sorted(re.search(r"--machine_rank (\d+)", line).group(1) for line in launches)
@@ -111,3 +116,25 @@ def test_two_machines_in_a_slurm_job_train_as_one_process(cluster, tmp_path):  #
     # Both machines took part in one world of 2.
     assert sorted(re.findall(r"process (\d) of 2, machine (\d)", log)) == [("0", "0"), ("1", "1")]
     assert_same_training(tmp_path / "base", plain, machines)
+
+
+def test_several_nodes_plan_train_jobs_with_their_nodes_and_refuse_a_gpu_total(tmp_path):
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["launch"] = {"nodes": 2, "deepspeed": {"enabled": True}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    common = ["-n", "-p", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(tmp_path / "config.yaml")]
+    proc, _ = snakemake(tmp_path, *common, bound=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for rule in ("train_grpo", "train_sft"):
+        planned = planned_resources(out)[rule]
+        assert (planned["nodes"], planned["tasks"], planned["tasks_per_gpu"], planned["mpi"]) == ("2", "2", "0", "srun")
+    assert "python -m scalpel.launch slurm --machines 2 --config-file results/launch/accelerate.yaml" in out
+    single, _ = snakemake(tmp_path, *common[:-1], str(SMOKE), bound=300)  # one node: the rules ask for nothing more
+    assert not {"nodes", "tasks", "mpi"} & set(planned_resources(single.stdout + single.stderr)["train_sft"])
+    # profiles/slurm asks for `gpu: 8`, a total over the job: with several nodes that is refused, naming the fix.
+    env = {"SLURM_ACCOUNT": "a", "SLURM_PARTITION": "p", "SLURM_GPU_PARTITION": "g"}
+    no_conda = ["--sdm", "env-modules"] if shutil.which("conda") is None else []
+    proc, _ = snakemake(tmp_path, *common, "--profile", str(ROOT / "profiles/slurm"), *no_conda, bound=300, env=env)
+    assert proc.returncode != 0
+    assert "launch.nodes is 2: ask for GPUs per node with the resource gres" in proc.stdout + proc.stderr

@@ -141,6 +141,14 @@ def train_processes(resources, run=None):
 
 
 TRAIN_NODES = config["launch"]["nodes"]
+# Several nodes: N nodes, and `mpi` so that the Slurm executor runs the rule in the batch script, not in a job step
+# (--signal without B: then reaches training only: an srun signalled with TERM kills the step it started); `tasks`
+# is one launcher per node, which tasks_per_gpu 0 keeps the plugin from turning into --ntasks-per-gpu.
+TRAIN_RESOURCES = (
+    {"nodes": TRAIN_NODES, "tasks": TRAIN_NODES, "tasks_per_gpu": 0, "mpi": "srun"} if TRAIN_NODES > 1 else {}
+)
+# Jobs inherit it (Slurm jobs through sbatch --export=ALL); an environment variable, so changing it reruns nothing.
+os.environ.update(TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(config["launch"]["stop_grace_s"]))
 
 
 def get_train_launcher(wildcards, resources):
@@ -148,7 +156,7 @@ def get_train_launcher(wildcards, resources):
         if resources.get("gpu"):
             raise WorkflowError(
                 f"launch.nodes is {TRAIN_NODES}: ask for GPUs per node with the resource gres='gpu:N', not gpu=N"
-                " (the Slurm executor makes gpu a --gpus total over the job, which its one-task job step must hold)"
+                " (the Slurm executor makes gpu --gpus, a total over the job that Slurm may split unevenly)"
             )
         return (
             f"python -m scalpel.launch slurm --machines {TRAIN_NODES} --config-file {LAUNCH_FILES}"

@@ -59,7 +59,7 @@ rule train_grpo:
         omp_threads=get_train_omp_threads,
     threads: 1
     resources:
-        nodes=TRAIN_NODES,  # launch.nodes: sbatch --nodes through the Slurm executor
+        **TRAIN_RESOURCES,
     log:
         "logs/train/{run}.log",
     benchmark:
@@ -87,7 +87,7 @@ rule train_sft:
         omp_threads=get_train_omp_threads,
     threads: 1
     resources:
-        nodes=TRAIN_NODES,  # launch.nodes: sbatch --nodes through the Slurm executor
+        **TRAIN_RESOURCES,
     log:
         "logs/train/{run}.log",
     benchmark:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -209,18 +208,31 @@ def rendezvous_port(env: Mapping[str, str]) -> int:
     return 20000 + int(env["SLURM_JOB_ID"]) % 20000
 
 
-def srun_command(env: Mapping[str, str], machines: int, node_args: Sequence[str]) -> tuple[list[str], dict]:
+def job_shape(job_id: str) -> tuple[int, int]:
+    """(nodes, CPUs per node) of a running Slurm job, from scontrol: the Slurm executor's job step, where the rule
+    runs, lacks the batch script's SLURM_JOB_NUM_NODES and SLURM_JOB_CPUS_PER_NODE."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True).stdout
+    fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+    nodes = int(fields["NumNodes"].split("-")[0])
+    return nodes, int(fields["NumCPUs"]) // nodes
+
+
+def srun_command(env: Mapping[str, str], machines: int, node_args: Sequence[str],
+                 shape: tuple[int, int] | None = None) -> tuple[list[str], dict]:
     """The srun that starts `machines` node launchers over the job's nodes, and its environment.
 
-    One task per node on a real allocation; several on a smaller one (a test cluster: each task is then a machine
-    that shares its node). Each task gets its node's CPUs (split between the tasks on it) and, by Slurm's default,
-    all the job's GPUs on its node. `--overlap`: the Slurm executor runs the rule itself in a job step holding CPUs of
-    the first node.
+    `shape`: the job's (nodes, CPUs per node), by default `job_shape` of SLURM_JOB_ID. One task per node on a real
+    allocation; several on a smaller one (a test cluster: each task is then a machine that shares its node). Each
+    task gets its node's CPUs (split between the tasks on it) and, by Slurm's default, all the job's GPUs on its node.
+    `--overlap` lets it start inside a job step too, but there Slurm's `--signal` (to the job steps) would also reach
+    this srun, which answers SIGTERM by killing its step before training saves: the workflow runs it from the batch
+    script (the train rules' `mpi` resource).
     """
-    nodes = int(env["SLURM_JOB_NUM_NODES"])
+    if "SLURM_JOB_ID" not in env:
+        raise ValueError("several machines (launch.nodes) train inside a Slurm job: run with a Slurm profile")
+    nodes, cpus_per_node = shape or job_shape(env["SLURM_JOB_ID"])
     if machines % nodes:
         raise ValueError(f"launch.nodes ({machines}) is not a multiple of the job's {nodes} nodes")
-    cpus_per_node = min(int(n) for n in re.findall(r"(\d+)(?:\(x\d+\))?", env["SLURM_JOB_CPUS_PER_NODE"]))
     cpus_per_task = max(1, cpus_per_node // (machines // nodes))
     cmd = ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={machines}", f"--cpus-per-task={cpus_per_task}",
            "--kill-on-bad-exit=1", sys.executable, "-m", "scalpel.launch", "node", *node_args]
@@ -257,7 +269,10 @@ def _slurm_main(argv, node: bool) -> None:
         cmd, env = node_command(os.environ, a.config_file, a.cpu_processes) + a.command, dict(os.environ)
     else:
         node_args = ["--config-file", a.config_file, "--cpu-processes", str(a.cpu_processes), *a.command]
-        cmd, env = srun_command(os.environ, a.machines, node_args)
+        try:
+            cmd, env = srun_command(os.environ, a.machines, node_args)
+        except ValueError as err:
+            p.error(str(err))
     print(" ".join(cmd), file=sys.stderr, flush=True)
     os.execvpe(cmd[0], cmd, env)
 
