@@ -55,6 +55,10 @@ def test_srun_starts_one_launcher_per_node_with_the_node_cpus():
         launch.srun_command({"PATH": "/bin"}, 2, [])
 
 
+def test_gpus_per_node_of_a_gres_request():
+    assert [launch.gres_gpus(g) for g in ("gpu:8", "gpu:h100:4", "gpu", "", "shard:2,gpu:a100:2")] == [8, 4, 1, 0, 2]
+
+
 def test_several_nodes_need_deepspeed():
     config.check_launch({"launch": {"nodes": 1}})
     config.check_launch({"launch": {"nodes": 2, "deepspeed": {"enabled": True}}})

@@ -132,7 +132,7 @@ def train_processes(resources, run=None):
     on a CPU-only job; one without DeepSpeed."""
     if not DEEPSPEED["enabled"]:
         return 1
-    gpus = int(resources.get("gpu", 0))
+    gpus = int(resources.get("gpu", 0)) or study_launch.gres_gpus(resources.get("gres", ""))  # gres: per node
     if gpus and run and vllm_server_mode(run):
         if gpus < 2:
             raise WorkflowError(f"launch.vllm.mode server needs 2 or more GPUs for train_grpo (run {run}): one serves")

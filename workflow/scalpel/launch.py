@@ -208,6 +208,14 @@ def rendezvous_port(env: Mapping[str, str]) -> int:
     return 20000 + int(env["SLURM_JOB_ID"]) % 20000
 
 
+def gres_gpus(gres: str) -> int:
+    """GPUs per node in a Slurm gres request: "gpu:8" and "gpu:h100:8" -> 8; 0 without GPUs."""
+    gpu = next((item.split(":") for item in gres.split(",") if item.split(":")[0] == "gpu"), None)
+    if gpu is None:
+        return 0
+    return int(gpu[-1]) if len(gpu) > 1 and gpu[-1].isdigit() else 1
+
+
 def job_shape(job_id: str) -> tuple[int, int]:
     """(nodes, CPUs per node) of a running Slurm job, from scontrol: the Slurm executor's job step, where the rule
     runs, lacks the batch script's SLURM_JOB_NUM_NODES and SLURM_JOB_CPUS_PER_NODE."""
