@@ -2,7 +2,6 @@
 ZeRO-3 run as a Slurm job on the local cluster (2 tasks of one node standing in for 2 nodes)."""
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, write_tiny_study
-from scalpel import config, launch
+from scalpel import config, launch, slurm_preview
 from test_deepspeed import GLOBAL_BATCH, _run, assert_same_training, sft_spec
 from test_slurm import SMOKE, cluster, planned_resources, snakemake  # noqa: F401 (fixture)
 
@@ -138,7 +137,7 @@ def test_several_nodes_plan_train_jobs_with_their_nodes_and_refuse_a_gpu_total(t
     assert not {"nodes", "tasks", "mpi"} & set(planned_resources(single.stdout + single.stderr)["train_sft"])
     # profiles/slurm asks for `gpu: 8`, a total over the job: with several nodes that is refused, naming the fix.
     env = {"SLURM_ACCOUNT": "a", "SLURM_PARTITION": "p", "SLURM_GPU_PARTITION": "g"}
-    no_conda = ["--sdm", "env-modules"] if shutil.which("conda") is None else []
-    proc, _ = snakemake(tmp_path, *common, "--profile", str(ROOT / "profiles/slurm"), *no_conda, bound=300, env=env)
+    proc, _ = snakemake(tmp_path, *common, "--profile", str(ROOT / "profiles/slurm"), *slurm_preview.deployment_args(),
+                        bound=300, env=env)
     assert proc.returncode != 0
     assert "launch.nodes is 2: ask for GPUs per node with the resource gres" in proc.stdout + proc.stderr

@@ -6,7 +6,6 @@ a stuck Slurm executor ignores SIGTERM.
 """
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from scalpel import slurm_preview
 
 SMOKE = ROOT / "tests/smoke/config.yaml"
 TEST_PROFILE = ROOT / "profiles/slurm-test"
@@ -61,13 +61,7 @@ def job_counts(output: str) -> Counter:
 
 def planned_resources(output: str) -> dict[str, dict]:
     """Resources of each rule's (last) job in Snakemake's job listing."""
-    planned, rule = {}, None
-    for line in map(str.strip, output.splitlines()):
-        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
-            rule = line.split()[1][:-1]
-        elif line.startswith("resources:") and rule:
-            planned[rule] = dict(item.split("=", 1) for item in line.removeprefix("resources:").strip().split(", "))
-    return planned
+    return {job["rule"]: job["resources"] for job in slurm_preview.parse_jobs(output) if job["resources"]}
 
 
 def expected_resources(rule: str) -> dict:
@@ -144,10 +138,9 @@ def test_a_failing_job_fails_the_run_without_hanging(cluster, tmp_path):
 
 def test_slurm_profile_dry_run_takes_account_and_partitions_from_the_environment(tmp_path):
     env = {"SLURM_ACCOUNT": "acct-x", "SLURM_PARTITION": "cpu-x", "SLURM_GPU_PARTITION": "gpu-x"}
-    # Without conda the profile's conda deployment fails at once; environment modules stand in (no rule uses any).
-    no_conda = ["--sdm", "env-modules"] if shutil.which("conda") is None else []
     common = ["-n", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(SMOKE)]
-    proc, _ = snakemake(tmp_path, *common, "--profile", str(ROOT / "profiles/slurm"), *no_conda, bound=300, env=env)
+    proc, _ = snakemake(tmp_path, *common, "--profile", str(ROOT / "profiles/slurm"), *slurm_preview.deployment_args(), bound=300,
+                       env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     plain, _ = snakemake(tmp_path, *common, bound=300)

@@ -20,23 +20,34 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def deployment_args() -> list[str]:
+    """Without conda, a profile's conda deployment fails at once; environment modules stand in (no rule uses any)."""
+    return ["--sdm", "env-modules"] if shutil.which("conda") is None else []
+
+
 def dry_run_jobs(configfile, profile, workdir, env=None) -> list[dict]:
-    """Every job of the dry run: rule, shell command and resources (as the dry run prints them)."""
-    no_conda = ["--sdm", "env-modules"] if shutil.which("conda") is None else []
+    """Every job of the dry run of `configfile` with `profile`, run in `workdir` (see `parse_jobs`)."""
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", "--snakefile", str(ROOT / "Snakefile"), "--configfile",
-         str(configfile), "--profile", str(profile), "--directory", str(workdir), *no_conda],
+         str(configfile), "--profile", str(profile), "--directory", str(workdir), *deployment_args()],
         env=env, capture_output=True, text=True, timeout=300,
     )
     if out.returncode:
         raise RuntimeError(f"snakemake -n failed:\n{out.stderr[-3000:]}")
+    return parse_jobs(out.stdout + out.stderr)
+
+
+def parse_jobs(output: str) -> list[dict]:
+    """Snakemake's job listing (`-n`, with `-p` for the shell commands) as one dict per job: rule, whether it is a
+    local rule, shell command, threads and resources (as printed)."""
+    local = local_rules()
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out.stdout + out.stderr)[1:]:
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output)[1:]:
         rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
         resources = re.search(r"resources: (.*)", block)
         shell = re.search(r"Shell command: (.*)", block)
         threads = re.search(r"threads: (\d+)", block)
-        jobs.append({"rule": rule, "local": rule in local_rules(), "shell": shell.group(1) if shell else "",
+        jobs.append({"rule": rule, "local": rule in local, "shell": shell.group(1) if shell else "",
                      "threads": int(threads.group(1)) if threads else 1,
                      "resources": dict(kv.split("=", 1) for kv in resources.group(1).split(", ")) if resources else {}})
     return jobs

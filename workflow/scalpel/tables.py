@@ -133,7 +133,8 @@ def main(argv=None) -> None:
     out = Path(args.outdir)
     write_tsv(scores, out / "scores.tsv")
     write_tsv(updates, out / "updates.tsv")
-    write_tsv(module_means(updates), out / "update_module_means.tsv")
+    means = module_means(updates)
+    write_tsv(means, out / "update_module_means.tsv")
     write_tsv(table, out / "summary.tsv")
     write_tsv(ratios(table, runs), out / "ratios.tsv")
     kl = kl_table(args.kl, runs) if args.kl else None
@@ -143,7 +144,7 @@ def main(argv=None) -> None:
         final_steps = {BASE: 0, **{run: final_step(runs, run) for run in runs}}
         methods = {run: spec["method"] for run, spec in runs.items()}
         authors = yaml.safe_load(Path(args.authors).read_text())
-        write_tsv(compare(authors, spec.get("authors", {}), final_steps, scores, module_means(updates), kl, methods),
+        write_tsv(compare(authors, spec.get("authors", {}), final_steps, scores, means, kl, methods),
                   out / "authors_comparison.tsv")
 
 
