@@ -191,10 +191,11 @@ def test_kl_table_and_figure(tmp_path):
             files.append(path)
     kl = tables.kl_table(files, RUNS)
     row = kl[(kl.run == "hammer") & (kl.step == 8)].iloc[0]
-    assert (row.method, row.pct_training, row.mean_seq_kl) == ("sft", pytest.approx(100 * 8 / 12), pytest.approx(0.8))
+    assert (row.method, row.pct_training, row.kl_per_token, row.kl_per_sequence_ours) == (
+        "sft", pytest.approx(100 * 8 / 12), pytest.approx(8e-3), pytest.approx(0.8))
     lines = plots.kl_trajectories(kl, tmp_path / "kl.png")
     assert lines["hammer"].get_linestyle() == "--" and lines["scalpel"].get_linestyle() == "-"
-    assert list(lines["2e-6"].get_ydata()) == pytest.approx([1.0, 2.0])
+    assert list(lines["2e-6"].get_ydata()) == pytest.approx([0.01, 0.02])  # per token, the authors' unit
     with pytest.raises(ValueError, match="KL files"):
         tables.kl_table(files, {"hammer": RUNS["hammer"]})
 
@@ -203,7 +204,7 @@ AUTHORS = {
     "scores": {"MATH-500": {"base": [0.35, 0.02], "SFTv02.08": [0.42, 0.02]}, "MMLU": {"base": [0.6, None]}},
     "updates": {"GRPOv01.14": {**{m: 0.001 for m in MODULES}, "all": 0.001},
                 "SFTv02.08": {**{m: 0.05 for m in MODULES}, "all": 0.05}},
-    "kl_per_sequence": {"GRPOv01.14": 0.4},
+    "kl_per_token": {"GRPOv01.14": 0.4},
 }
 MAPPING = {"runs": {"base": "base", "hammer": "SFTv02.08", "scalpel": "GRPOv01.14", "2e-6": "GRPOv99"},
            "benchmarks": {"MATH-500": "math,exact_match", "MMLU": "facts,acc"}}
@@ -214,7 +215,7 @@ def test_authors_comparison_has_every_cell_both_report(built):
 
     scores, updates, _ = built
     final_steps = {"base": 0, **{run: spec["checkpoint_steps"][-1] for run, spec in RUNS.items()}}
-    kl = pd.DataFrame([{"run": "scalpel", "step": 10, "mean_seq_kl": 2.5}])
+    kl = pd.DataFrame([{"run": "scalpel", "step": 10, "kl_per_token": 0.05, "kl_per_sequence_ours": 2.5}])
     methods = {run: spec["method"] for run, spec in RUNS.items()}
     table = compare(AUTHORS, MAPPING, final_steps, scores, tables.module_means(updates), kl, methods)
     cell = table.set_index(["run", "quantity"])
@@ -228,7 +229,7 @@ def test_authors_comparison_has_every_cell_both_report(built):
     assert cell.loc[("scalpel", "mean relative update q_proj"), "authors"] == 0.001
     ratio = cell.loc[("hammer", "update ratio to scalpel (GRPOv01.14)")]
     assert ratio.ours == pytest.approx(final_mean("hammer") / final_mean("scalpel")) and ratio.authors == 50
-    assert cell.loc[("scalpel", "KL(base || final) per sequence"), ["ours", "authors"]].tolist() == [2.5, 0.4]
+    assert cell.loc[("scalpel", "KL(base || final) per token"), ["ours", "authors"]].tolist() == [0.05, 0.4]
     assert len(table) == 3 + 2 * (len(MODULES) + 1) + 1 + 1
 
 

@@ -3,7 +3,7 @@
 `mapping` (config `report.authors`) names which of the authors' models each of our runs reproduces
 (`runs: {grpo: GRPOv01.14, ...}`; `base` is the base model) and which of our task metrics measures each of the
 authors' benchmarks (`benchmarks: {MATH-500: minerva_math500,math_verify, ...}`). The comparison covers the final
-checkpoints: benchmark scores, mean relative update per module, the SFT/GRPO update ratio and KL per sequence.
+checkpoints: benchmark scores, mean relative update per module, the SFT/GRPO update ratio and KL per token.
 """
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def compare(authors: dict, mapping: dict, final_steps: dict[str, int], scores: p
                                  authors["updates"][model]["all"] / authors["updates"][g_model]["all"]))
     if kl is not None:
         for run, model in runs.items():
-            theirs = authors["kl_per_sequence"].get(model)
+            theirs = authors["kl_per_token"].get(model)
             ours = kl[(kl.run == run) & (kl.step == final_steps.get(run))]
             if theirs is not None and not ours.empty:
-                rows.append(_row(run, model, "KL(base || final) per sequence", ours.mean_seq_kl.iloc[0], theirs))
+                rows.append(_row(run, model, "KL(base || final) per token", ours.kl_per_token.iloc[0], theirs))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -5,11 +5,11 @@ one example at a time, so there is no padding. At every position t the next-toke
     KL_t = sum_v p_base(v) * (log p_base(v) - log p_ckpt(v)),
 computed from the logits in float64 (`log_softmax`) whatever the models' dtype. Reported:
 - `mean_kl`: KL_t averaged over the example's positions (prompt tokens included, and the last position), then over
-  examples, as research/paper.md §5 describes the method;
-- `mean_seq_kl`: KL_t summed over the example's positions, then averaged over examples. This is what the authors'
-  `experiments/kl_tests.py` actually returns: `F.kl_div(..., reduction="batchmean")` on [1, T, V] logits divides the
-  total by the batch size (1), not by T;
-- `token_kl`: KL_t pooled over every token of every example.
+  examples. This is the authors' number: Neelectric/open-r1_olmo@2ea0f68:experiments/kl_tests.py computes
+  `torch.mean(torch.sum(p_base * (log p_base - log p_ft), -1))` for one example at a time and averages those (from
+  commit af2e975 on, which produced their published kls_500.json; `reduction="batchmean"` only in earlier drafts);
+- `mean_seq_kl` (ours, not the authors'): KL_t summed over the example's positions, then averaged over examples;
+- `token_kl` (ours): KL_t pooled over every token of every example.
 """
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def module_trajectories(module_means: pd.DataFrame, out_png) -> dict:
 
 
 def kl_trajectories(kl: pd.DataFrame, out_png) -> dict:
-    """KL(base || checkpoint) per sequence vs % of training, one line per run (the authors' KL figure)."""
+    """KL(base || checkpoint) per token vs % of training, one line per run (the authors' KL figure, in their unit)."""
     colors = _colors(kl.run)
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
@@ -108,11 +108,11 @@ def kl_trajectories(kl: pd.DataFrame, out_png) -> dict:
     for run, rows in kl.groupby("run", sort=False):
         rows = rows.sort_values("pct_training")
         method = rows.method.iloc[0]
-        (lines[run],) = ax.plot(rows.pct_training, rows.mean_seq_kl, LINESTYLE.get(method, ":"), marker=".",
+        (lines[run],) = ax.plot(rows.pct_training, rows.kl_per_token, LINESTYLE.get(method, ":"), marker=".",
                                 color=colors[run], label=f"{run} ({method})")
     ax.set_yscale("log")
     ax.set_xlabel("% of training")
-    ax.set_ylabel("KL(base || checkpoint) per sequence")
+    ax.set_ylabel("KL(base || checkpoint) per token")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     _save(fig, out_png)

@@ -65,9 +65,11 @@ def updates_table(diff_files, runs: dict) -> pd.DataFrame:
 
 
 def kl_table(kl_files, runs: dict) -> pd.DataFrame:
-    """KL(base || checkpoint) per checkpoint: per token (mean over tokens, then examples) and per sequence."""
+    """KL(base || checkpoint) per checkpoint: `kl_per_token` (mean over an example's positions, then over examples:
+    the authors' unit) and `kl_per_sequence_ours` (summed over positions, then averaged: ours only)."""
     rows = [json.loads(Path(f).read_text()) for f in kl_files]
-    kl = pd.DataFrame([{k: r[k] for k in ("run", "step", "mean_kl", "mean_seq_kl", "n_examples")} for r in rows])
+    kl = pd.DataFrame([{"run": r["run"], "step": r["step"], "kl_per_token": r["mean_kl"],
+                        "kl_per_sequence_ours": r["mean_seq_kl"], "n_examples": r["n_examples"]} for r in rows])
     _known(runs, kl.run, "KL files")
     kl.insert(2, "method", kl.run.map(lambda r: runs[r]["method"]))
     kl.insert(3, "pct_training", 100.0 * kl.step / kl.run.map(lambda r: final_step(runs, r)))
