@@ -85,7 +85,7 @@ AUTHORS = [
     ("sft", "args.completion_only_loss", False, SAME),
     ("sft", "args.bf16", True, SAME),
     ("sft", "args.gradient_checkpointing", True, SAME),
-    ("sft_1epoch", "steps", 152, 154),
+    ("sft_1epoch", "steps", 154, SAME),  # 462 / 3 (618 batches / 4 accumulation); 152 is its last save before 154
     ("sft_1epoch", "args.learning_rate", 5e-5, SAME),
     ("sft_matched_lr", "steps", 571, SAME),
     ("sft_matched_lr", "args.learning_rate", 1e-6, SAME),
@@ -139,22 +139,49 @@ def test_paper_runs_are_the_authors_runs(runs):
     assert set(runs) == {"grpo", "sft", "sft_1epoch", "sft_matched_lr", "sft_frozen_mid_mlp", "sft_qk_only"}
 
 
-def _olmo2_7b_names() -> list[str]:
-    """The parameter names of a 32-layer OLMo-2 (the 7B's layout) at a tiny width."""
+# allenai/OLMo-2-1124-7B-Instruct config.json (the same values as allenai/OLMo-2-1124-7B's).
+OLMO2_7B = dict(vocab_size=100352, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                tie_word_embeddings=False, attention_bias=False, pad_token_id=100277, eos_token_id=100257,
+                bos_token_id=None)
+
+
+@pytest.fixture(scope="module")
+def olmo2_7b():
+    """OLMo-2-1124-7B's real module tree on the meta device: its parameter names and shapes, no weights."""
+    import torch
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
-    cfg = Olmo2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=32,
-                      num_attention_heads=2, num_key_value_heads=2)
-    return [n for n, _ in Olmo2ForCausalLM(cfg).named_parameters()]
+    with torch.device("meta"):
+        return Olmo2ForCausalLM(Olmo2Config(**OLMO2_7B))
 
 
-def test_freezing_runs_select_the_authors_parameters(runs):
-    names = _olmo2_7b_names()
-    frozen = params.select(names, runs["sft_frozen_mid_mlp"]["freeze"], "freeze")
+def test_the_7b_layout(olmo2_7b):
+    names = [n for n, _ in olmo2_7b.named_parameters()]
+    assert len(names) == 32 * 11 + 3 and "lm_head.weight" in names  # untied: a parameter of its own
+    assert sum(p.numel() for p in olmo2_7b.parameters()) == 7_298_617_344
+
+
+def test_frozen_mlp_run_freezes_the_authors_tensors(runs, olmo2_7b):
+    params.apply_trainable(olmo2_7b, runs["sft_frozen_mid_mlp"].get("freeze"), None, "runs.sft_frozen_mid_mlp")
+    frozen = {n for n, p in olmo2_7b.named_parameters() if not p.requires_grad}
     assert frozen == {f"model.layers.{i}.mlp.{m}.weight" for i in range(19, 26)
                       for m in ("gate_proj", "up_proj", "down_proj")}
-    trained = params.select(names, runs["sft_qk_only"]["train_only"], "train_only")
-    assert trained == {f"model.layers.{i}.self_attn.{m}.weight" for i in range(32) for m in ("q_proj", "k_proj")}
+
+
+def test_qk_run_trains_q_k_and_the_output_head_as_the_authors(runs, olmo2_7b):
+    """open-r1_olmo sft.py (2ea0f68): everything under model.model frozen, then its q_proj/k_proj tensors unfrozen;
+    lm_head, outside model.model, keeps requires_grad."""
+    spec = runs["sft_qk_only"]
+    params.apply_trainable(olmo2_7b, spec.get("freeze"), spec.get("train_only"), "runs.sft_qk_only")
+    trained = {n for n, p in olmo2_7b.named_parameters() if p.requires_grad}
+    assert trained == {f"model.layers.{i}.self_attn.{m}.weight" for i in range(32)
+                       for m in ("q_proj", "k_proj")} | {"lm_head.weight"}
+    summary = params.trainable_summary(olmo2_7b).splitlines()
+    # q/k: 64 x 4096^2 = 1,073,741,824; lm_head: 100352 x 4096 = 411,041,792
+    assert summary[0] == ("trainable: 65 of 355 parameter tensors, 1,484,783,616 of 7,298,617,344 parameters "
+                          "(20.34%)")
+    assert "  lm_head.weight (100352, 4096)" in summary and len(summary) == 1 + 65
 
 
 @pytest.mark.parametrize("run", ["grpo", "sft", "sft_1epoch", "sft_matched_lr", "sft_frozen_mid_mlp", "sft_qk_only"])

@@ -53,3 +53,14 @@ def test_pattern_matching_nothing_is_an_error(model, freeze, train_only, where):
 def test_freezing_everything_is_an_error(model):
     with pytest.raises(ValueError, match="no parameter trainable"):
         params.apply_trainable(model, ["*"], None, "runs.x")
+
+
+def test_a_tied_output_head_is_not_a_parameter_of_its_own():
+    """With tie_word_embeddings the head is embed_tokens' tensor: lm_head.weight is no parameter name, so the q/k
+    run's pattern for it is an error rather than silently training (or freezing) the embeddings."""
+    cfg = Olmo2Config(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+                      tie_word_embeddings=True)
+    tied = Olmo2ForCausalLM(cfg)
+    with pytest.raises(ValueError, match=r"runs.qk.train_only: pattern 'lm_head.weight' matches no parameter"):
+        params.apply_trainable(tied, None, ["*.q_proj.*", "*.k_proj.*", "lm_head.weight"], "runs.qk")

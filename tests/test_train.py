@@ -102,3 +102,30 @@ def test_stop_signal_without_a_process_group_is_the_own_flag():
         assert control.should_training_stop and control.should_save and stopper.stopped_by == signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_run_log_names_what_trains(tmp_path, caplog):
+    """build_trainer logs the trainable tensors (count, parameter total, names) before training starts."""
+    import logging
+
+    from conftest import write_tiny_study
+    from scalpel import config
+
+    write_tiny_study(tmp_path)
+    cfg = {"runs": {"qk": {"method": "sft", "steps": 2, "checkpoints": 1,
+                           "train_only": ["*.q_proj.*", "*.k_proj.*", "lm_head.weight"]}},
+           "train_defaults": {"sft": {"use_cpu": True, "bf16": False, "max_length": 64,
+                                      "per_device_train_batch_size": 2, "completion_only_loss": False}}}
+    spec = config.resolve_run(cfg, "qk")
+    with caplog.at_level(logging.INFO, logger="scalpel.train"):
+        trainer = train.build_trainer(spec, str(tmp_path / "base"), str(tmp_path / "sft.jsonl"), tmp_path / "state")
+    lines = next(r.getMessage() for r in caplog.records if "trainable:" in r.getMessage()).splitlines()
+    model = trainer.model
+    expected = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert len(expected) == 2 * 2 + 1  # q and k of the 2 layers, and the untied head
+    total = sum(p.numel() for p in model.parameters())
+    chosen = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lines[0] == (f"run qk: trainable: 5 of {len(list(model.parameters()))} parameter tensors, "
+                        f"{chosen:,} of {total:,} parameters ({100 * chosen / total:.2f}%)")
+    assert [line.split()[0] for line in lines[1:]] == expected
+    assert "lm_head.weight" in expected and "model.embed_tokens.weight" not in expected

@@ -59,3 +59,24 @@ def apply_trainable(model, freeze: list[str] | None, train_only: list[str] | Non
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
     return [n for n in names if n in trainable]
+
+
+# Under ZeRO-3 a parameter is partitioned at load time: it looks empty, and DeepSpeed keeps its size in ds_numel and
+# ds_shape.
+def _numel(param) -> int:
+    return getattr(param, "ds_numel", None) or param.numel()
+
+
+def _shape(param) -> tuple:
+    return tuple(getattr(param, "ds_shape", None) or param.shape)
+
+
+def trainable_summary(model) -> str:
+    """What trains: counts of tensors and parameters, then each trainable tensor (name, shape), one per line."""
+    named = list(model.named_parameters())
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    total = sum(_numel(p) for _, p in named)
+    chosen = sum(_numel(p) for _, p in trainable)
+    lines = [f"trainable: {len(trainable)} of {len(named)} parameter tensors, {chosen:,} of {total:,} parameters "
+             f"({100 * chosen / total:.2f}%)"]
+    return "\n".join(lines + [f"  {n} {_shape(p)}" for n, p in trainable])

@@ -180,8 +180,9 @@ def build_trainer(spec: dict, base: str, data_file: str, state_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=spec["model_dtype"], trust_remote_code=False,
                                                  attn_implementation=attn_implementation(spec.get("attn_implementation")))
-    trainable = params.apply_trainable(model, spec.get("freeze"), spec.get("train_only"), f"runs.{spec['name']}")
-    log.info("%d of %d parameter tensors trainable", len(trainable), len(list(model.parameters())))
+    params.apply_trainable(model, spec.get("freeze"), spec.get("train_only"), f"runs.{spec['name']}")
+    if _is_main_process():
+        log.info("run %s: %s", spec["name"], params.trainable_summary(model))
     dataset = Dataset.from_list(data.read_jsonl(data_file))
     callbacks = [CheckpointSchedule(spec["checkpoint_steps"], state_dir / "exports"), StopOnSignal()]
     if spec["method"] == "grpo":
