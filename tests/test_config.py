@@ -33,6 +33,7 @@ def test_schema_fills_defaults():
     assert cfg["model"]["base"] == "build"
     assert cfg["launch"]["deepspeed"]["zero_stage"] == 3
     assert cfg["data"]["synthetic"]["max_operand"] == 9
+    assert cfg["diff"]["dtype_mismatch"] == "cast"
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,7 @@ def test_schema_fills_defaults():
         (lambda c: c["runs"]["grpo"].update(method="ppo"), "ppo"),
         (lambda c: c["runs"]["grpo"].update(steps=0), "0"),
         (lambda c: c["launch"]["deepspeed"].update(zero_stage=1), "1"),
+        (lambda c: c.update(diff={"dtype_mismatch": "round"}), "round"),
         (lambda c: c["runs"].update({"bad name": {"method": "sft"}}), "bad name"),
     ],
 )

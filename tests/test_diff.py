@@ -53,7 +53,8 @@ def _expected(base: dict, ckpt: dict, layer: int, module: str) -> float:
 
 
 def _check(df: pd.DataFrame, base: dict, ckpt: dict) -> None:
-    assert list(df.columns) == ["layer", "module", "rel_update", "delta_norm", "base_norm"]
+    assert list(df.columns) == ["layer", "module", "rel_update", "delta_norm", "base_norm", "dtype"]
+    assert set(df.dtype) == {"float32"}
     assert len(df) == LAYERS * len(MODULES)
     assert list(zip(df.layer, df.module)) == [(i, m) for i in range(LAYERS) for m in MODULES]
     for row in df.itertuples():
@@ -124,3 +125,75 @@ def test_cli_writes_parquet(models, tmp_path):
     assert set(df.run) == {"run_a"} and set(df.step) == {7}
     _check(df.drop(columns=["run", "step"]), base, ckpt)
     assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+@pytest.fixture(scope="module")
+def bf16_pair(models, tmp_path_factory):
+    """The float32 base beside two bf16 checkpoints: the base rounded to bf16 (no training at all), and the base plus
+    an update of ~0.1% on two tensors, rounded to bf16 (what a bf16 training run saves)."""
+    root, base, _ = models
+    out = tmp_path_factory.mktemp("bf16")
+    rounded = {k: v.to(torch.bfloat16) for k, v in base.items()}
+    (out / "rounded").mkdir()
+    save_file(rounded, out / "rounded" / "model.safetensors")
+    torch.manual_seed(1)
+    trained = dict(rounded)
+    for layer, module in TOUCHED:
+        name = _tensor_name(layer, module)
+        w = base[name]
+        trained[name] = (w + 0.01 * w.std() * torch.randn_like(w)).to(torch.bfloat16)
+    (out / "trained").mkdir()
+    save_file(trained, out / "trained" / "model.safetensors")
+    return root / "base", out, base, trained
+
+
+def test_bf16_rounding_alone_would_look_like_an_update(bf16_pair):
+    """The premise: rounding a float32 weight to bf16 moves it by ~0.1-0.4% of its norm."""
+    _, _, base, _ = bf16_pair
+    w = base[_tensor_name(0, "q_proj")]
+    rounding = float(torch.linalg.norm(w.to(torch.bfloat16).float() - w) / torch.linalg.norm(w))
+    assert 5e-4 < rounding < 5e-3
+
+
+def test_a_float32_base_is_compared_in_the_checkpoints_dtype(bf16_pair):
+    base_dir, out, _, _ = bf16_pair
+    df = relative_updates(base_dir, out / "rounded")
+    assert len(df) == LAYERS * len(MODULES) and set(df.dtype) == {"bfloat16"}
+    assert (df.rel_update == 0.0).all() and (df.delta_norm == 0.0).all()
+
+
+def test_a_real_update_is_measured_against_the_rounded_base(bf16_pair):
+    base_dir, out, base, trained = bf16_pair
+    df = relative_updates(base_dir, out / "trained", chunk_rows=5)
+    for row in df.itertuples():
+        name = _tensor_name(row.layer, row.module)
+        b, c = base[name].to(torch.bfloat16).double(), trained[name].double()
+        if (row.layer, row.module) in TOUCHED:
+            expected = float(torch.linalg.norm(c - b) / torch.linalg.norm(b))
+            assert row.rel_update == pytest.approx(expected, rel=1e-9)
+            assert 5e-3 < row.rel_update < 2e-2  # the 1%-of-std update, not the 0.2% rounding
+        else:
+            assert row.rel_update == 0.0
+        assert row.base_norm == pytest.approx(float(torch.linalg.norm(b)), rel=1e-12)
+
+
+def test_refuse_names_both_files_and_dtypes(bf16_pair, models):
+    base_dir, out, _, _ = bf16_pair
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight: F32 in base "
+                                         r"\(.*base/model\.safetensors\) but BF16 in checkpoint "
+                                         r"\(.*rounded/model\.safetensors\); diff\.dtype_mismatch is refuse"):
+        relative_updates(base_dir, out / "rounded", dtype_mismatch="refuse")
+    root, base, ckpt = models  # the same dtype on both sides passes under refuse
+    _check(relative_updates(root / "base", root / "ckpt", dtype_mismatch="refuse"), base, ckpt)
+    with pytest.raises(ValueError, match="diff.dtype_mismatch: 'round' is not one of"):
+        relative_updates(base_dir, out / "rounded", dtype_mismatch="round")
+
+
+def test_cli_takes_the_dtype_policy(bf16_pair, tmp_path):
+    base_dir, out, _, _ = bf16_pair
+    args = ["--base", str(base_dir), "--checkpoint", str(out / "rounded"), "--run", "r", "--step", "1"]
+    main(args + ["--out", str(tmp_path / "cast.parquet")])
+    assert set(pd.read_parquet(tmp_path / "cast.parquet").dtype) == {"bfloat16"}
+    with pytest.raises(ValueError, match="F32 in base .* but BF16 in checkpoint"):
+        main(args + ["--out", str(tmp_path / "refused.parquet"), "--dtype-mismatch", "refuse"])
+    assert not (tmp_path / "refused.parquet").exists()

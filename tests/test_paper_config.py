@@ -281,6 +281,11 @@ def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
     assert all("accelerate launch" in s and "--num_processes 8" in s for s in trains)
 
 
+def test_paper_dag_diffs_compare_in_the_checkpoints_dtype(paper_dag):
+    diffs = [j["shell"] for j in paper_dag if j["rule"] == "diff"]
+    assert len(diffs) == 6 * 20 and all(" --dtype-mismatch cast " in s for s in diffs)
+
+
 def test_paper_dag_jobs_get_the_profile_resources(paper_dag):
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     env = {"$SLURM_ACCOUNT": "acct", "$SLURM_PARTITION": "cpu", "$SLURM_GPU_PARTITION": "gpu"}

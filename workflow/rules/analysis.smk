@@ -6,6 +6,7 @@ rule diff:
         "results/diff/{run}/step-{step}.parquet",
     params:
         checkpoint=get_checkpoint_path,
+        dtype_mismatch=config["diff"]["dtype_mismatch"],
     threads: 1
     log:
         "logs/diff/{run}/step-{step}.log",
@@ -13,7 +14,8 @@ rule diff:
         "../../envs/analysis.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel diff --base {input.base} --checkpoint {params.checkpoint}"
-        " --run {wildcards.run} --step {wildcards.step} --out {output} > {log} 2>&1"
+        " --dtype-mismatch {params.dtype_mismatch} --run {wildcards.run} --step {wildcards.step} --out {output}"
+        " > {log} 2>&1"
 
 
 rule analysis_spec:

@@ -1,4 +1,9 @@
-"""How far each layer x module weight moved: ||W_ckpt - W_base||_F / ||W_base||_F, streamed tensor by tensor."""
+"""How far each layer x module weight moved: ||W_ckpt - W_base||_F / ||W_base||_F, streamed tensor by tensor.
+
+The base is compared as training loaded it: in the checkpoint's dtype. A float32 base against a bfloat16 checkpoint
+would otherwise count bf16 rounding (~0.2% of a weight's norm) as an update, more than GRPO's whole final update
+(the authors loaded both models in bf16: open-r1_olmo@2ea0f68 experiments/norms/ckpt_weight_anlys.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +20,8 @@ from scalpel.io import atomic_output
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_CHUNK_ROWS = 1024
+DTYPE_POLICIES = ("cast", "refuse")  # config diff.dtype_mismatch
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 _TENSOR = re.compile(r"model\.layers\.(\d+)\.(?:self_attn\.([qkvo]_proj)|mlp\.(gate_proj|up_proj|down_proj))\.weight")
 _SINGLE = "model.safetensors"
@@ -43,23 +50,41 @@ def _layer_module(name: str) -> tuple[int, str] | None:
     return None if m is None else (int(m.group(1)), m.group(2) or m.group(3))
 
 
-def _squared_norms(base, ckpt, rows: int, chunk_rows: int) -> tuple[float, float]:
-    """(||ckpt - base||^2, ||base||^2), reading `chunk_rows` rows at a time from two safetensors slices.
+def _squared_norms(base, ckpt, rows: int, chunk_rows: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(||ckpt - base||^2, ||base||^2), reading `chunk_rows` rows at a time from two safetensors slices, the base
+    rounded to `dtype` first.
 
     Chunks go to float64 (exact for bf16/fp16/fp32) so the difference and the sums lose nothing that matters:
     a float32 sum over a 100M-element tensor drifts in the 5th-6th significant digit.
     """
     delta_sq = base_sq = 0.0
     for start in range(0, rows, chunk_rows):
-        b = base[start:start + chunk_rows].to(torch.float64)
+        b = base[start:start + chunk_rows].to(dtype).to(torch.float64)
         d = ckpt[start:start + chunk_rows].to(torch.float64).sub_(b)
         delta_sq += float(d.square_().sum())
         base_sq += float(b.square_().sum())
     return delta_sq, base_sq
 
 
-def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> pd.DataFrame:
-    """One row per (layer, module): layer, module, rel_update, delta_norm, base_norm; sorted by layer, MODULES."""
+def _compared_dtype(name: str, base, ckpt, base_file: Path, ckpt_file: Path, dtype_mismatch: str) -> torch.dtype:
+    """The checkpoint's dtype, in which both tensors are compared; a base of another dtype is cast to it, or refused."""
+    base_dtype, ckpt_dtype = base.get_dtype(), ckpt.get_dtype()
+    for dtype, file in ((base_dtype, base_file), (ckpt_dtype, ckpt_file)):
+        if dtype not in _DTYPES:
+            raise ValueError(f"{name}: dtype {dtype} in {file} is not a floating-point weight")
+    if base_dtype != ckpt_dtype and dtype_mismatch == "refuse":
+        raise ValueError(f"{name}: {base_dtype} in base ({base_file}) but {ckpt_dtype} in checkpoint ({ckpt_file}); "
+                         f"diff.dtype_mismatch is refuse (cast compares the base rounded to the checkpoint's dtype)")
+    return _DTYPES[ckpt_dtype]
+
+
+def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                     dtype_mismatch: str = "cast") -> pd.DataFrame:
+    """One row per (layer, module): layer, module, rel_update, delta_norm, base_norm and dtype (the checkpoint's, in
+    which both were compared); sorted by layer, MODULES. `dtype_mismatch`: cast a base of another dtype to the
+    checkpoint's, or refuse it."""
+    if dtype_mismatch not in DTYPE_POLICIES:
+        raise ValueError(f"diff.dtype_mismatch: {dtype_mismatch!r} is not one of {DTYPE_POLICIES}")
     base_files, base_src = _tensor_files(base_dir)
     ckpt_files, ckpt_src = _tensor_files(ckpt_dir)
     wanted = {name: lm for name in base_files if (lm := _layer_module(name)) is not None}
@@ -86,12 +111,13 @@ def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
             if base.get_shape() != ckpt.get_shape():
                 raise ValueError(f"{name}: shape {base.get_shape()} in base ({base_files[name]}) "
                                  f"but {ckpt.get_shape()} in checkpoint ({ckpt_files[name]})")
-            delta_sq, base_sq = _squared_norms(base, ckpt, base.get_shape()[0], chunk_rows)
+            dtype = _compared_dtype(name, base, ckpt, base_files[name], ckpt_files[name], dtype_mismatch)
+            delta_sq, base_sq = _squared_norms(base, ckpt, base.get_shape()[0], chunk_rows, dtype)
             delta_norm, base_norm = delta_sq ** 0.5, base_sq ** 0.5
             rel = delta_norm / base_norm if base_norm else float("nan")
-            rows.append({"layer": layer, "module": module, "rel_update": rel,
-                         "delta_norm": delta_norm, "base_norm": base_norm})
-    return pd.DataFrame(rows, columns=["layer", "module", "rel_update", "delta_norm", "base_norm"])
+            rows.append({"layer": layer, "module": module, "rel_update": rel, "delta_norm": delta_norm,
+                         "base_norm": base_norm, "dtype": str(dtype).removeprefix("torch.")})
+    return pd.DataFrame(rows, columns=["layer", "module", "rel_update", "delta_norm", "base_norm", "dtype"])
 
 
 def write_parquet(df: pd.DataFrame, out) -> None:
@@ -107,8 +133,10 @@ def main(argv=None) -> None:
     ap.add_argument("--step", required=True, type=int)
     ap.add_argument("--out", required=True, help="parquet file to write")
     ap.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
+    ap.add_argument("--dtype-mismatch", choices=DTYPE_POLICIES, default="cast",
+                    help="a base stored in another dtype than the checkpoint: cast it to the checkpoint's, or refuse")
     args = ap.parse_args(argv)
-    df = relative_updates(args.base, args.checkpoint, chunk_rows=args.chunk_rows)
+    df = relative_updates(args.base, args.checkpoint, chunk_rows=args.chunk_rows, dtype_mismatch=args.dtype_mismatch)
     df.insert(0, "step", args.step)
     df.insert(0, "run", args.run)
     write_parquet(df, args.out)
