@@ -142,6 +142,7 @@ def test_import_base_links_weights_and_sets_the_study_template(stand_ins, tmp_pa
     rendered = tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
     assert rendered == f"<|endoftext|><|system|>\n{chat.SYSTEM_PROMPT}\n<|user|>\nWhat is 1+1?\n<|assistant|>\n"
     assert AutoTokenizer.from_pretrained(src).chat_template == OLMO_TEMPLATE  # the source is untouched
+    assert (out / chat.OWN_TEMPLATE).read_text() == OLMO_TEMPLATE  # kept for evaluating the base as published
 
     # Training, diff and KL read the weights through the link: the same tensors, a zero update, a zero KL.
     linked = AutoModelForCausalLM.from_pretrained(out)

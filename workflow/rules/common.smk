@@ -15,6 +15,7 @@ from scalpel import config as study_config  # noqa: E402
 from scalpel import hub as study_hub  # noqa: E402
 from scalpel import prefetch as study_prefetch  # noqa: E402
 from scalpel import launch as study_launch  # noqa: E402
+from scalpel.chat import OWN_TEMPLATE  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 try:
@@ -106,6 +107,13 @@ def get_checkpoint_path(wildcards):
 def get_eval_tasks(wildcards):
     suites = study_config.eval_suites(config, final=is_final(wildcards.run, wildcards.step))
     return ",".join(task for suite in suites for task in config["eval"]["tasks"][suite])
+
+
+def get_eval_chat_template(wildcards):
+    """The base model's own template when eval.base_chat_template is own (the authors' choice); else the tokenizer's."""
+    if wildcards.run == BASE and config["eval"]["base_chat_template"] == "own":
+        return f"--chat-template {base_model_dir()}/{OWN_TEMPLATE}"
+    return ""
 
 
 def get_eval_files(wildcards=None):

@@ -1,5 +1,7 @@
 """The authors' system prompt and their OLMo-2 ("tulu") chat template, which injects that prompt when none is given."""
 
+OWN_TEMPLATE = "own_chat_template.jinja"  # beside an imported base model: its template as published
+
 SYSTEM_PROMPT = (
     "You are a helpful AI Assistant that provides well-reasoned and detailed responses. You first think about "
     "the reasoning process as an internal monologue and then provide the user with the answer. Respond in the "

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 
 
@@ -39,7 +40,8 @@ def _evaluate(a):
     table = evaluate.run(a.checkpoint, a.tasks.split(","), a.task_dir, a.out, run=a.run, step=a.step,
                          backend=a.backend, dtype=a.dtype, batch_size=batch_size, limit=a.limit, seed=a.seed,
                          device=a.device, gen_kwargs=json.loads(a.gen_kwargs), num_fewshot=json.loads(a.num_fewshot),
-                         extra_model_args=json.loads(a.model_args))
+                         extra_model_args=json.loads(a.model_args),
+                         chat_template=Path(a.chat_template).read_text() if a.chat_template else None)
     logging.info("\n%s", table.to_string(index=False))
 
 
@@ -103,6 +105,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--gen-kwargs", default="{}", help="JSON of config eval.generation")
     s.add_argument("--num-fewshot", default="{}", help="JSON of config eval.num_fewshot (task -> shots)")
     s.add_argument("--model-args", default="{}", help="JSON of config eval.model_args")
+    s.add_argument("--chat-template", default=None,
+                   help="a Jinja chat template file used instead of the checkpoint tokenizer's (eval.base_chat_template)")
     s.set_defaults(func=_evaluate)
 
     for name, module_name, help_ in [("diff", "diff", "relative update per layer x module vs the base"),

@@ -133,6 +133,9 @@ def eval_suites(config: dict, final: bool) -> list[str]:
         stray = sorted(set(ev.get(key, {})) - tasks)
         if stray:
             raise ConfigError(f"eval.{key} names tasks that eval.tasks does not run: {stray}")
+    if ev.get("base_chat_template") == "own" and config["model"]["base"] == "build":
+        raise ConfigError("eval.base_chat_template: own needs a published base model; the built one (model.base: "
+                          "build) has only the study template")
     return [s for s in ev["tasks"] if final or s not in ev.get("final_only", [])]
 
 
@@ -153,7 +156,8 @@ def settings_table(config: dict, runs: dict[str, dict]) -> str:
     model = config.get("model", {})
     lines = [f"model {model.get('base')} dtype {model.get('dtype')} attention {model.get('attn_implementation')}; "
              f"DeepSpeed {'ZeRO-' + str(ds.get('zero_stage')) if ds.get('enabled') else 'off'}; "
-             f"vLLM {vllm.get('mode') + ' at ' + str(vllm.get('gpu_memory_utilization')) if vllm.get('enabled') else 'off'}"]
+             f"vLLM {vllm.get('mode') + ' at ' + str(vllm.get('gpu_memory_utilization')) if vllm.get('enabled') else 'off'}; "
+             f"base evaluated with the {config.get('eval', {}).get('base_chat_template', 'study')} chat template"]
     header = ("run", "method", "steps", "ckpts", "lr", "batch/step", "max/device", "bf16", "grad ckpt", "frozen")
     rows = [header]
     for name, spec in runs.items():

@@ -67,19 +67,25 @@ def _merge(results: list[dict]) -> dict:
 def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: str, step: int, backend: str = "hf",
              dtype: str = "float32", batch_size: int = 32, limit: int | None = None, seed: int = 0,
              device: str = "cpu", gen_kwargs: dict | None = None, num_fewshot: dict[str, int] | None = None,
-             extra_model_args: dict | None = None) -> tuple[pd.DataFrame, dict]:
-    """Run `tasks` on one checkpoint with the chat template applied.
+             extra_model_args: dict | None = None, chat_template: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """Run `tasks` on one checkpoint with the chat template applied: the checkpoint tokenizer's own, or
+    `chat_template` (the text of a Jinja template) in its place.
 
     `gen_kwargs` (config `eval.generation`) update the generation settings of every generate_until task (the
     paper: temperature 0.6, top-p 0.95, 4,096 new tokens; lm-eval's own default is 256 tokens); `num_fewshot` maps a
     task to its shot count.
     """
     import lm_eval
-    from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    lm = get_model(backend).create_from_arg_obj(
+    from .lm_backends import model_class
+
+    lm = model_class(backend).create_from_arg_obj(
         model_args(checkpoint, backend, dtype, extra_model_args, seed), {"batch_size": batch_size, "device": device})
+    if chat_template is not None:
+        lm.tokenizer.chat_template = chat_template
+        if hasattr(lm, "hf_chat_template"):  # lm-eval's vLLM backend renders with this copy
+            lm.hf_chat_template = chat_template
     manager = TaskManager(include_path=task_dir)
     results = []
     for shots, group in fewshot_groups(tasks, num_fewshot).items():

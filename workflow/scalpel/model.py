@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
 from . import data, hub
-from .chat import chat_template
+from .chat import OWN_TEMPLATE, chat_template
 
 log = logging.getLogger(__name__)
 BOS_EOS = "<|endoftext|>"  # OLMo-2: bos = eos = unk = <|endoftext|>
@@ -96,7 +96,9 @@ def import_base(source: str, out_dir, revision: str | None = None, template: str
     """results/models/base from a hub id (its snapshot in the HF cache) or a local model folder: the weights
     (*.safetensors) as symlinks to the cached files, which saves a copy of the model; every other file copied, so that
     nothing written here reaches the cache. `template`: `study` writes the authors' template with their system prompt
-    into the tokenizer (they overrode OLMo-2's); `model` keeps the model's own, which must exist."""
+    into the tokenizer (they overrode OLMo-2's); `model` keeps the model's own, which must exist. The model's own
+    template, if it has one, is also kept as OWN_TEMPLATE, for evaluating the base as the authors did (with its own
+    template: lighteval loaded allenai/OLMo-2-1124-7B-Instruct as published)."""
     src, out = hub.model_snapshot(source, revision), Path(out_dir)
     weights = hub.weight_files(src, source)
     files = sorted(f for f in src.iterdir() if f.is_file())
@@ -107,6 +109,8 @@ def import_base(source: str, out_dir, revision: str | None = None, template: str
         else:
             shutil.copyfile(f, out / f.name)
     tokenizer = AutoTokenizer.from_pretrained(out)
+    if tokenizer.chat_template:
+        (out / OWN_TEMPLATE).write_text(tokenizer.chat_template)
     if template == "study":
         tokenizer.chat_template = chat_template()
         tokenizer.save_pretrained(out)

@@ -1,0 +1,64 @@
+"""lm-eval backends that never cut a prompt: the generation budget is what the context leaves, as the authors had it.
+
+The authors' lighteval 0.9.2 on vLLM passed every prompt whole with `max_tokens=4096` to a model of
+`max_model_len=4096`, so vLLM stopped each request at the model length: a budget of 4096 minus the prompt's length
+(huggingface/lighteval@8d9ecd66:src/lighteval/models/vllm/vllm_model.py, `greedy_until` and `_generate`). lm-eval
+0.4.13 instead cuts the prompt from the left whenever prompt + max_gen_toks exceeds the context
+(lm_eval/models/utils.py `maybe_truncate` without `shrink_gen_toks`; huggingface.py `generate_until`).
+
+- vLLM: each request gets min(max_gen_toks, max_model_len - prompt length) new tokens; with max_gen_toks equal to
+  max_model_len that is exactly lighteval's budget. A prompt that leaves no room is an error.
+- HF (the CPU miniature): transformers pads a batch to its longest prompt, so the budget stays max_gen_toks; a prompt
+  longer than max_length - max_gen_toks is an error instead of being cut.
+"""
+from __future__ import annotations
+
+from lm_eval.models.huggingface import HFLM
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+def rest_of_context(tokens: list[int], max_gen_toks: int, max_model_len: int, **_) -> tuple[list[int], int]:
+    """(the whole prompt, its budget): lm-eval's `maybe_truncate` signature, with the prompt never cut."""
+    room = max_model_len - len(tokens)
+    if room < 1:
+        raise PromptTooLong(f"a prompt of {len(tokens)} tokens leaves no room to generate in max_model_len "
+                            f"{max_model_len} (eval.model_args.max_model_len)")
+    return tokens, min(max_gen_toks, room)
+
+
+class WholePromptHFLM(HFLM):
+    def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None, truncation=False):
+        ids, mask = super().tok_batch_encode(strings, padding_side=padding_side, left_truncate_len=None,
+                                             truncation=truncation)
+        if left_truncate_len and ids.shape[1] > left_truncate_len:
+            raise PromptTooLong(f"a prompt of {ids.shape[1]} tokens does not fit the model's {self.max_length} "
+                                f"with {self.max_length - left_truncate_len} tokens to generate: lower max_gen_toks "
+                                f"(eval.generation) or raise max_length (eval.model_args)")
+        return ids, mask
+
+
+def whole_prompt_vllm():
+    """The vLLM class, built on first use: importing lm-eval's vLLM backend needs vllm (GPU envs only)."""
+    from lm_eval.models import vllm_causallms
+
+    class WholePromptVLLM(vllm_causallms.VLLM):
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            # generate_until looks the function up in its module at call time; swap it for this call only.
+            original, vllm_causallms.maybe_truncate = vllm_causallms.maybe_truncate, rest_of_context
+            try:
+                return super().generate_until(requests, disable_tqdm)
+            finally:
+                vllm_causallms.maybe_truncate = original
+
+    return WholePromptVLLM
+
+
+def model_class(backend: str):
+    if backend == "hf":
+        return WholePromptHFLM
+    if backend == "vllm":
+        return whole_prompt_vllm()
+    raise ValueError(f"eval.backend: {backend!r} is not hf or vllm")
