@@ -96,7 +96,7 @@ AUTHORS = [
     (None, "eval.generation.temperature", 0.6, SAME),
     (None, "eval.generation.top_p", 0.95, SAME),
     (None, "eval.generation.do_sample", True, SAME),
-    (None, "eval.generation.max_gen_toks", 4096, 3072),
+    (None, "eval.generation.max_gen_toks", 4096, SAME),
     (None, "eval.model_args.max_model_len", 4096, SAME),
     (None, "launch.deepspeed.enabled", True, SAME),
     (None, "launch.deepspeed.zero_stage", 2, 3),
