@@ -55,7 +55,13 @@ def test_task_yamls_load_in_lm_eval(tmp_path):
 
 def test_fewshot_groups_keep_task_defaults_apart():
     groups = evaluate.fewshot_groups(["aime24", "gsm8k", "mmlu", "ifeval"], {"gsm8k": 5, "mmlu": 5})
-    assert groups == {None: ["aime24", "ifeval"], 5: ["gsm8k", "mmlu"]}
+    assert groups == {(None, True): ["aime24", "ifeval"], (5, True): ["gsm8k", "mmlu"]}
+
+
+def test_fewshot_groups_keep_single_turn_tasks_apart():
+    groups = evaluate.fewshot_groups(["paper_mmlu", "leaderboard_mmlu_pro", "paper_aime24"],
+                                     {"paper_mmlu": 5, "leaderboard_mmlu_pro": 5}, {"leaderboard_mmlu_pro": False})
+    assert groups == {(5, True): ["paper_mmlu"], (5, False): ["leaderboard_mmlu_pro"], (None, True): ["paper_aime24"]}
 
 
 def test_model_args_never_run_hub_code_and_take_the_config():
@@ -81,3 +87,17 @@ def test_generation_and_fewshot_settings_reach_lm_eval(tmp_path):
     context = res["samples"]["mini_facts"][0]["arguments"][0][0]  # (context, choice) of the first choice
     assert context.count("<|user|>") == 3  # two shots as earlier turns, then the question
     assert set(table.task) == {"mini_math_l1", "mini_facts"} and (table.value.between(0, 1)).all()
+
+
+def test_single_turn_fewshot_reaches_lm_eval(tmp_path):
+    """eval.fewshot_as_multiturn false: examples and question in one user message (lm-eval 0.4.8's layout)."""
+    from conftest import TINY_WORLD, write_tiny_study
+
+    write_tiny_study(tmp_path)
+    data.write_world(0, TINY_WORLD, tmp_path)
+    tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50)
+    _, res = evaluate.evaluate(str(tmp_path / "base"), ["mini_facts"], str(tmp_path / "tasks"), run="base", step=0,
+                               limit=1, num_fewshot={"mini_facts": 2}, fewshot_as_multiturn={"mini_facts": False})
+    context = res["samples"]["mini_facts"][0]["arguments"][0][0]
+    assert context.count("<|user|>") == 1 and context.count("<|assistant|>") == 1
+    assert context.count("\n\n") == 2  # the two examples, each followed by lm-eval's few-shot delimiter

@@ -98,6 +98,7 @@ AUTHORS = [
     (None, "eval.generation.do_sample", True, SAME),
     (None, "eval.generation.max_gen_toks", 4096, SAME),
     (None, "eval.model_args.max_model_len", 4096, SAME),
+    (None, "eval.fewshot_as_multiturn.leaderboard_mmlu_pro", False, SAME),  # lm-eval 0.4.8's single-turn few-shot
     (None, "launch.deepspeed.enabled", True, SAME),
     (None, "launch.deepspeed.zero_stage", 2, 3),
     (None, "launch.vllm.enabled", True, SAME),
@@ -203,8 +204,8 @@ def test_trl_accepts_every_run(runs, run, tmp_path, monkeypatch):
 
 
 # The authors' benchmarks -> lm-eval tasks and their few-shot counts (lighteval task strings in paper.md §4).
-AUTHORS_SHOTS = {"aime24": 0, "minerva_math500": 0, "gsm8k": 5, "gpqa_diamond_cot_zeroshot": 0, "mmlu": 5,
-                 "leaderboard_mmlu_pro": 5, "ifeval": 0}
+AUTHORS_SHOTS = {"paper_aime24": 0, "paper_math500": 0, "paper_gsm8k": 5, "paper_gpqa_diamond": 0, "paper_mmlu": 5,
+                 "leaderboard_mmlu_pro": 5, "paper_ifeval": 0}
 
 
 def _task_config(manager, task: str) -> dict:
@@ -213,10 +214,17 @@ def _task_config(manager, task: str) -> dict:
     return load_yaml(manager.task_index[task].yaml_path, resolve_func=False)
 
 
-def test_eval_tasks_exist_in_lm_eval_with_the_authors_shots(paper):
+def _manager():
+    """lm-eval's task index as evaluate and prefetch search it (the shipped paper tasks included)."""
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager()
+    from scalpel.evaluate import task_paths
+
+    return TaskManager(include_path=task_paths(None))
+
+
+def test_eval_tasks_exist_in_lm_eval_with_the_authors_shots(paper):
+    manager = _manager()
     tasks = [t for suite in paper["eval"]["tasks"].values() for t in suite]
     assert sorted(tasks) == sorted(AUTHORS_SHOTS)
     for task in tasks:
@@ -226,9 +234,7 @@ def test_eval_tasks_exist_in_lm_eval_with_the_authors_shots(paper):
 
 
 def test_primary_metrics_are_metrics_the_tasks_report(paper):
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager()
+    manager = _manager()
     for task, metric in paper["eval"]["primary_metrics"].items():
         cfg = _task_config(manager, task)
         names = [m["metric"] for m in cfg.get("metric_list", []) + cfg.get("aggregate_metric_list", [])]
@@ -240,7 +246,7 @@ def test_primary_metrics_are_metrics_the_tasks_report(paper):
 
 def test_intermediate_checkpoints_run_the_cheaper_subset(paper):
     assert study_config.eval_suites(paper, final=False) == ["math"]
-    assert paper["eval"]["tasks"]["math"] == ["aime24", "minerva_math500"]
+    assert paper["eval"]["tasks"]["math"] == ["paper_aime24", "paper_math500"]
     assert study_config.eval_suites(paper, final=True) == list(paper["eval"]["tasks"])
 
 
@@ -273,10 +279,11 @@ def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
                       "train_sft": 5, "evaluate": 1 + checkpoints, "diff": checkpoints, "kl": checkpoints,
                       "analysis_spec": 1, "tables": 1, "plots": 1, "all": 1}
     evals = [j["shell"] for j in paper_dag if j["rule"] == "evaluate"]
-    every = "aime24,minerva_math500,gsm8k,gpqa_diamond_cot_zeroshot,mmlu,leaderboard_mmlu_pro,ifeval"
+    every = "paper_aime24,paper_math500,paper_gsm8k,paper_gpqa_diamond,paper_mmlu,leaderboard_mmlu_pro,paper_ifeval"
     assert sum(f"--tasks {every} " in s for s in evals) == 1 + 6  # the base and each run's final checkpoint
-    assert sum("--tasks aime24,minerva_math500 " in s for s in evals) == checkpoints - 6
+    assert sum("--tasks paper_aime24,paper_math500 " in s for s in evals) == checkpoints - 6
     assert all("--backend vllm" in s and '"temperature": 0.6' in s for s in evals)
+    assert all(""" --fewshot-as-multiturn '{"leaderboard_mmlu_pro": false}' """ in s for s in evals)
     trains = [j["shell"] for j in paper_dag if j["rule"].startswith("train_")]
     assert all("accelerate launch" in s and "--num_processes 8" in s for s in trains)
 

@@ -34,7 +34,8 @@ BASE = "base"
 BUILD_BASE = config["model"]["base"] == "build"
 SYNTHETIC_DATA = config["data"]["source"] == "synthetic"
 
-# The miniature's data rule writes its own lm-eval tasks; paper-scale tasks are lm-eval's built-in ones.
+# The miniature's data rule writes its own lm-eval tasks; evaluate and prefetch always also search the paper tasks
+# shipped with the package (scalpel/lm_eval_tasks) and lm-eval's built-ins.
 LOCAL_TASK_DIR = "results/data/lm_eval_tasks" if SYNTHETIC_DATA else None
 
 # Jobs inherit these (Slurm jobs through sbatch --export=ALL): the HF cache, and hub access off but for prefetch.

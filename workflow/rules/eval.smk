@@ -17,6 +17,7 @@ rule evaluate:
         gen_kwargs=json.dumps(config["eval"]["generation"]),
         num_fewshot=json.dumps(config["eval"]["num_fewshot"]),
         model_args=json.dumps(config["eval"]["model_args"]),
+        multiturn=json.dumps(config["eval"]["fewshot_as_multiturn"]),
         chat_template=get_eval_chat_template,
     threads: 1
     log:
@@ -31,4 +32,5 @@ rule evaluate:
         " --step {wildcards.step} --backend {params.backend} --dtype {params.dtype}"
         " --batch-size {params.batch_size} {params.limit} --seed {params.seed}"
         " --gen-kwargs '{params.gen_kwargs}' --num-fewshot '{params.num_fewshot}'"
-        " --model-args '{params.model_args}' {params.chat_template} > {log} 2>&1"
+        " --model-args '{params.model_args}' --fewshot-as-multiturn '{params.multiturn}'"
+        " {params.chat_template} > {log} 2>&1"

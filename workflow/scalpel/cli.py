@@ -41,7 +41,8 @@ def _evaluate(a):
                          backend=a.backend, dtype=a.dtype, batch_size=batch_size, limit=a.limit, seed=a.seed,
                          device=a.device, gen_kwargs=json.loads(a.gen_kwargs), num_fewshot=json.loads(a.num_fewshot),
                          extra_model_args=json.loads(a.model_args),
-                         chat_template=Path(a.chat_template).read_text() if a.chat_template else None)
+                         chat_template=Path(a.chat_template).read_text() if a.chat_template else None,
+                         fewshot_as_multiturn=json.loads(a.fewshot_as_multiturn))
     logging.info("\n%s", table.to_string(index=False))
 
 
@@ -105,6 +106,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--gen-kwargs", default="{}", help="JSON of config eval.generation")
     s.add_argument("--num-fewshot", default="{}", help="JSON of config eval.num_fewshot (task -> shots)")
     s.add_argument("--model-args", default="{}", help="JSON of config eval.model_args")
+    s.add_argument("--fewshot-as-multiturn", default="{}",
+                   help="JSON of config eval.fewshot_as_multiturn (task -> examples as chat turns; default true)")
     s.add_argument("--chat-template", default=None,
                    help="a Jinja chat template file used instead of the checkpoint tokenizer's (eval.base_chat_template)")
     s.set_defaults(func=_evaluate)

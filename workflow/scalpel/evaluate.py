@@ -45,15 +45,26 @@ def model_args(checkpoint: str, backend: str, dtype: str, extra: dict | None = N
     return args
 
 
-def fewshot_groups(tasks: list[str], num_fewshot: dict[str, int] | None) -> dict[int | None, list[str]]:
-    """Tasks grouped by the few-shot count set for them in `eval.num_fewshot` (None: the task's own default).
+def fewshot_groups(tasks: list[str], num_fewshot: dict[str, int] | None,
+                   multiturn: dict[str, bool] | None = None) -> dict[tuple[int | None, bool], list[str]]:
+    """Tasks grouped by (few-shot count, few-shot examples as chat turns): the count set for them in
+    `eval.num_fewshot` (None: the task's own default) and `eval.fewshot_as_multiturn` (default true, lm-eval 0.4.13's
+    own default with a chat template; false puts examples and question in one user message, as lm-eval 0.4.8 did).
 
-    lm-eval's `num_fewshot` applies to every task of one call, so each group is one call (on the same loaded model).
+    lm-eval applies both to every task of one call, so each group is one call (on the same loaded model).
     """
-    groups: dict[int | None, list[str]] = {}
+    groups: dict[tuple[int | None, bool], list[str]] = {}
     for task in tasks:
-        groups.setdefault((num_fewshot or {}).get(task), []).append(task)
+        key = ((num_fewshot or {}).get(task), (multiturn or {}).get(task, True))
+        groups.setdefault(key, []).append(task)
     return groups
+
+
+def task_paths(task_dir: str | None) -> list[str]:
+    """lm-eval include paths: the paper tasks shipped with the package, then a study's own task folder."""
+    from .paper_tasks import TASK_DIR
+
+    return [str(TASK_DIR)] + ([str(task_dir)] if task_dir else [])
 
 
 def _merge(results: list[dict]) -> dict:
@@ -67,13 +78,15 @@ def _merge(results: list[dict]) -> dict:
 def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: str, step: int, backend: str = "hf",
              dtype: str = "float32", batch_size: int = 32, limit: int | None = None, seed: int = 0,
              device: str = "cpu", gen_kwargs: dict | None = None, num_fewshot: dict[str, int] | None = None,
-             extra_model_args: dict | None = None, chat_template: str | None = None) -> tuple[pd.DataFrame, dict]:
+             extra_model_args: dict | None = None, chat_template: str | None = None,
+             fewshot_as_multiturn: dict[str, bool] | None = None) -> tuple[pd.DataFrame, dict]:
     """Run `tasks` on one checkpoint with the chat template applied: the checkpoint tokenizer's own, or
     `chat_template` (the text of a Jinja template) in its place.
 
     `gen_kwargs` (config `eval.generation`) update the generation settings of every generate_until task (the
     paper: temperature 0.6, top-p 0.95, 4,096 new tokens; lm-eval's own default is 256 tokens); `num_fewshot` maps a
-    task to its shot count.
+    task to its shot count, `fewshot_as_multiturn` to whether its examples are separate chat turns (default true).
+    The tasks shipped in paper_tasks.TASK_DIR are always found, beside lm-eval's built-ins and `task_dir`'s.
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -86,13 +99,15 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
         lm.tokenizer.chat_template = chat_template
         if hasattr(lm, "hf_chat_template"):  # lm-eval's vLLM backend renders with this copy
             lm.hf_chat_template = chat_template
-    manager = TaskManager(include_path=task_dir)
+    manager = TaskManager(include_path=task_paths(task_dir))
     results = []
-    for shots, group in fewshot_groups(tasks, num_fewshot).items():
-        log.info("tasks %s with %s few-shot examples", group, "their default" if shots is None else shots)
+    for (shots, multiturn), group in fewshot_groups(tasks, num_fewshot, fewshot_as_multiturn).items():
+        log.info("tasks %s with %s few-shot examples, %s", group, "their default" if shots is None else shots,
+                 "as chat turns" if multiturn else "in the question's user message")
         results.append(lm_eval.simple_evaluate(
             model=lm, tasks=group, num_fewshot=shots, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
-            task_manager=manager, limit=limit, apply_chat_template=True, log_samples=True, random_seed=seed,
+            task_manager=manager, limit=limit, apply_chat_template=True, fewshot_as_multiturn=multiturn,
+            log_samples=True, random_seed=seed,
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         ))
     res = _merge(results)

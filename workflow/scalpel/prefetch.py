@@ -57,14 +57,17 @@ def explain_task_error(name: str, error: Exception) -> Exception:
 
 def fetch_tasks(names: list[str], include_path: str | None) -> dict:
     """Instantiate each lm-eval task, which downloads its dataset into the HF datasets cache (where lm-eval finds it
-    again offline); returns name -> dataset and split sizes for every task, groups expanded."""
+    again offline); returns name -> dataset and split sizes for every task, groups expanded. The paper tasks shipped
+    with the package are found as evaluate finds them."""
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=include_path)
+    from .evaluate import task_paths
+
+    paths = task_paths(include_path)
+    manager = TaskManager(include_path=paths)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
-        raise ValueError(f"eval.tasks: lm-eval knows no task {', '.join(unknown)}"
-                         + (f" (also searched {include_path})" if include_path else ""))
+        raise ValueError(f"eval.tasks: lm-eval knows no task {', '.join(unknown)} (also searched {', '.join(paths)})")
     out = {}
     for name in names:
         try:
