@@ -51,6 +51,17 @@ def test_gpu_envs_carry_vllm_and_cpu_envs_do_not():
     assert with_vllm == {"train.yaml", "eval.yaml"}
 
 
+def test_every_env_that_grades_maths_has_the_antlr_runtime_its_parser_was_generated_for():
+    """math-verify parses LaTeX through latex2sympy2_extended, whose parser for antlr4 4.11 fails on percentages;
+    lm-eval's `math` extra would pin that runtime (tests/test_rewards.py checks the installed one)."""
+    grading = {env.name: _pins(_env_pip(env)) for env in ENVS if "math-verify" in _pins(_env_pip(env))}
+    assert set(grading) == {"data.yaml", "train.yaml", "eval.yaml"}
+    for name, pins in grading.items():
+        assert pins["antlr4-python3-runtime"] == "==4.13.2", name
+        assert pins["latex2sympy2-extended"] == "[antlr4-13-2]==1.11.0", name
+    assert TESTED["lm-eval"] == "[ifeval]==0.4.13"
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("env", ["train.yaml", "eval.yaml"])
 def test_gpu_env_resolves_against_pypi(env, tmp_path):
