@@ -15,6 +15,7 @@ from scalpel import config as study_config  # noqa: E402
 from scalpel import hub as study_hub  # noqa: E402
 from scalpel import prefetch as study_prefetch  # noqa: E402
 from scalpel import launch as study_launch  # noqa: E402
+from scalpel import preflight as study_preflight  # noqa: E402
 from scalpel.chat import OWN_TEMPLATE  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -28,6 +29,11 @@ except study_config.ConfigError as err:
 if "base" in RUNS:
     raise WorkflowError("invalid config: runs.base: the name 'base' is reserved for the base model")
 if workflow.is_main_process:  # not in each job's own parse of the workflow
+    try:
+        for note in study_preflight.check(config, RUNS):
+            print(note, file=sys.stderr)
+    except study_config.ConfigError as err:
+        raise WorkflowError(f"invalid config:\n{err}") from None
     print(f"Study settings:\n{study_config.settings_table(config, RUNS)}", file=sys.stderr)
 
 BASE = "base"

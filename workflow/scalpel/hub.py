@@ -92,6 +92,27 @@ def default_hf_home(environ=os.environ) -> str:
                                                   "huggingface")
 
 
+def hub_cache_dir(hub: dict, environ=os.environ) -> Path:
+    """The hub cache (HF_HOME/hub) the jobs read: config `hub.cache`, else the environment's."""
+    if hub["cache"]:
+        return Path(os.path.abspath(os.path.expanduser(hub["cache"]))) / "hub"
+    return Path(environ.get("HF_HUB_CACHE") or os.path.join(default_hf_home(environ), "hub"))
+
+
+def cached_model_config(config: dict) -> Path | None:
+    """config.json of model.base as the jobs will read it (the local folder, or the snapshot prefetch fetched into
+    the HF cache); None while it is not there. Never goes online."""
+    source = config["model"]["base"]
+    if is_local(source):
+        found = Path(source) / "config.json"
+        return found if found.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source, "config.json", cache_dir=hub_cache_dir(config["hub"]),
+                                   revision=config["model"]["revision"])
+    return Path(found) if isinstance(found, str) else None
+
+
 def job_environment(hub: dict, environ=os.environ) -> dict[str, str]:
     """The variables every job of the workflow runs with (config `hub`): the HF cache, NLTK's data under it unless
     NLTK_DATA is already set, and, with `offline_jobs`, hub access switched off (the prefetch rule unsets those)."""

@@ -40,10 +40,10 @@ def build_tokenizer(lines: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return hf
 
 
-def build_model(tokenizer, cfg: dict, seed: int) -> Olmo2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Olmo2Config(
-        vocab_size=len(tokenizer),
+def olmo2_config(cfg: dict, vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int) -> Olmo2Config:
+    """The miniature's architecture from config `model.build` (the plan-time checks build its parameter names from it)."""
+    return Olmo2Config(
+        vocab_size=vocab_size,
         hidden_size=cfg["hidden_size"],
         intermediate_size=cfg["intermediate_size"],
         num_hidden_layers=cfg["num_hidden_layers"],
@@ -52,11 +52,16 @@ def build_model(tokenizer, cfg: dict, seed: int) -> Olmo2ForCausalLM:
         max_position_embeddings=cfg["max_position_embeddings"],
         rope_theta=500000.0,
         rms_norm_eps=1e-6,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
         tie_word_embeddings=False,
     )
+
+
+def build_model(tokenizer, cfg: dict, seed: int) -> Olmo2ForCausalLM:
+    torch.manual_seed(seed)
+    config = olmo2_config(cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     model = Olmo2ForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

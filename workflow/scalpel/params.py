@@ -35,27 +35,36 @@ def matcher(pattern: str):
     return lambda name: any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
-def select(names: list[str], patterns: list[str], where: str) -> set[str]:
-    """Names matched by any pattern. A pattern that matches nothing is an error naming `where` and the pattern."""
+def select(names: list[str], patterns: list[str], where: str, model: str = "the model") -> set[str]:
+    """Names matched by any pattern. A pattern that matches nothing is an error naming `where[i]`, the pattern and
+    the model."""
     chosen: set[str] = set()
-    for pattern in patterns:
+    for i, pattern in enumerate(patterns):
         hit = {n for n in names if matcher(pattern)(n)}
         if not hit:
             sample = ", ".join(names[:3])
-            raise ValueError(f"{where}: pattern {pattern!r} matches no parameter (names look like: {sample}, ...)")
+            raise ValueError(f"{where}[{i}]: pattern {pattern!r} matches no parameter of {model} "
+                             f"(names look like: {sample}, ...)")
         chosen |= hit
     return chosen
+
+
+def trainable_names(names: list[str], freeze: list[str] | None, train_only: list[str] | None, where: str,
+                    model: str = "the model") -> set[str]:
+    """The names a run's freeze/train_only patterns leave trainable; `where` is the run's config key (runs.X)."""
+    if train_only:
+        trainable = select(names, train_only, f"{where}.train_only", model)
+    else:
+        trainable = set(names) - select(names, freeze or [], f"{where}.freeze", model)
+    if not trainable:
+        raise ValueError(f"{where}: the freeze patterns leave no parameter of {model} trainable")
+    return trainable
 
 
 def apply_trainable(model, freeze: list[str] | None, train_only: list[str] | None, where: str) -> list[str]:
     """Set requires_grad from the run's freeze/train_only patterns; return the names that stay trainable."""
     names = [n for n, _ in model.named_parameters()]
-    if train_only:
-        trainable = select(names, train_only, f"{where}.train_only")
-    else:
-        trainable = set(names) - select(names, freeze or [], f"{where}.freeze")
-    if not trainable:
-        raise ValueError(f"{where}: the freeze patterns leave no parameter trainable")
+    trainable = trainable_names(names, freeze, train_only, where, getattr(model, "name_or_path", "") or "the model")
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
     return [n for n in names if n in trainable]
