@@ -1,0 +1,274 @@
+"""Cost of scalpel.weights at paper scale: a 7B-shaped bf16 pair (OLMo-2-1124-7B shapes, random weights, a known
+perturbation) against a raw read of the same files.
+
+RESULTS: (filled in below from the measured run)
+
+Usage (not part of CI; writes ~15 GB per checkpoint under --root, deleted unless --keep):
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wbench7b              # full 32 layers
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wb2 --layers 2        # a quick check at 2 layers
+Dropping the page cache before each timing needs root (`sync; echo 3 > /proc/sys/vm/drop_caches`); without it the
+timings say "warm cache".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "workflow"))
+
+HIDDEN, INTERMEDIATE, VOCAB, LAYERS = 4096, 11008, 100352, 32  # allenai/OLMo-2-1124-7B config.json
+SHARD_BYTES = 5 << 30
+MODULE_SHAPES = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, HIDDEN), "v_proj": (HIDDEN, HIDDEN),
+                 "o_proj": (HIDDEN, HIDDEN), "gate_proj": (INTERMEDIATE, HIDDEN), "up_proj": (INTERMEDIATE, HIDDEN),
+                 "down_proj": (HIDDEN, INTERMEDIATE)}
+
+
+def olmo2_tensors(layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    names = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    for i in range(layers):
+        for m, shape in MODULE_SHAPES.items():
+            block = "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            names.append((f"model.layers.{i}.{block}.{m}.weight", shape))
+        for norm in ("self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm", "post_feedforward_layernorm"):
+            names.append((f"model.layers.{i}.{norm}.weight", (HIDDEN,)))
+    names += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+    return names
+
+
+def updated_positions(n: int, stride: int) -> int:
+    return (n + stride - 1) // stride
+
+
+def write_model(folder: Path, layers: int, stride: int | None, seed: int = 0) -> None:
+    """Sharded bf16 safetensors, written chunk by chunk (no shard held in memory). With `stride`, every stride-th
+    element (flat index) of each projection matrix is moved one bf16 ulp up in bits, so the checkpoint's unchanged
+    fraction is known exactly; everything else equals the base (same seed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = olmo2_tensors(layers)
+    shards, current, size = [], [], 0
+    for name, shape in tensors:
+        nbytes = math.prod(shape) * 2
+        if current and size + nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = [], 0
+        current.append((name, shape))
+        size += nbytes
+    shards.append(current)
+    weight_map = {}
+    gen = torch.Generator().manual_seed(seed)
+    for s, shard in enumerate(shards):
+        file = f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
+        header, offset = {}, 0
+        for name, shape in shard:
+            nbytes = math.prod(shape) * 2
+            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+            weight_map[name] = file
+        blob = json.dumps(header).encode()
+        blob += b" " * (-len(blob) % 8)
+        with open(folder / file, "wb") as fh:
+            fh.write(struct.pack("<Q", len(blob)) + blob)
+            for name, shape in shard:
+                rows, cols = shape[0], math.prod(shape[1:])
+                step = max(1, (16 << 20) // cols)
+                for start in range(0, rows, step):
+                    stop = min(rows, start + step)
+                    chunk = (0.02 * torch.randn(stop - start, cols, generator=gen)).to(torch.bfloat16)
+                    if stride and "_proj" in name:
+                        flat = chunk.view(torch.int16).view(-1)
+                        first = (-start * cols) % stride  # keeps the pattern on the matrix's flat index
+                        flat[first::stride] += 1
+                    fh.write(chunk.view(torch.uint8).numpy().tobytes())
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def drop_caches() -> bool:
+    try:
+        subprocess.run("sync", check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def raw_read(folders: list[Path], direct: bool = False) -> dict:
+    """dd of every folder in parallel (one stream per folder, files one after another): wall seconds, and the CPU
+    seconds dd spent (mostly the kernel's, copying through the page cache unless `direct`)."""
+    flag = " iflag=direct" if direct else ""
+    scripts = [f"for f in {folder}/*.safetensors; do dd if=$f of=/dev/null bs=16M{flag} status=none; done"
+               for folder in folders]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["bash", "-c", s]) for s in scripts]
+    if any(p.wait() for p in procs):
+        raise RuntimeError("dd failed")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall_s": time.perf_counter() - t0, "load_before": os.getloadavg()[0],
+            "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+
+
+CHILD = """
+import json, os, resource, sys, time
+sys.path.insert(0, {workflow!r})
+from scalpel import weights, diff
+load = os.getloadavg()[0]
+t0, c0 = time.perf_counter(), time.process_time()
+df = {call}
+seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+status = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith(("VmHWM", "RssFile", "RssAnon")))
+print(json.dumps({{"wall_s": seconds, "cpu_s": cpu, "load_before": load,
+                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+                  "status_at_end": {{k: v.strip() for k, v in status.items()}}, "table": df.to_json()}}))
+"""
+
+
+def timed_child(call: str) -> dict:
+    """Run `call` (a scalpel expression) in a fresh Python: wall and CPU seconds of the call, peak RSS of the
+    process (ru_maxrss: anonymous and file-backed pages, what a memory-mapped read inflates), the result table."""
+    code = CHILD.format(workflow=str(ROOT / "workflow"), call=call)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    import pandas as pd
+    from io import StringIO
+    result["table"] = pd.read_json(StringIO(result["table"]))
+    return result
+
+
+def spectral_timings(threads: int) -> list[dict]:
+    """CPU and wall seconds per 7B-shaped float32 matrix for what spectral_metrics does to each: decompose W'
+    (full SVD, or svdvals + svd_lowrank) and svdvals(dW); the base is decomposed once for all checkpoints."""
+    from scalpel import weights
+    torch.set_num_threads(threads)
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(HIDDEN, HIDDEN), (INTERMEDIATE, HIDDEN)]:
+        w = 0.02 * torch.randn(*shape, generator=gen)
+        for label, fn in [("svdvals", torch.linalg.svdvals),
+                          ("decompose full k=64", lambda x: weights.decompose(x, 64, "full")),
+                          ("decompose lowrank k=64", lambda x: weights.decompose(x, 64, "lowrank"))]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn(w)
+            rows.append({"shape": list(shape), "op": label, "threads": threads,
+                         "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def lowrank_error(m: int = 1024, n: int = 2752, seed: int = 0) -> list[dict]:
+    """Largest principal angles (degrees) between the top-k subspaces of W and W' = W + a random update of relative
+    size 1e-5 / 1e-3 / 3e-2, computed exactly (float64 full SVD), in float32 (full SVD) and with svd_lowrank; and
+    the spectral shift in float64 and float32. W: Gaussian (flat spectrum) or with singular values divided by
+    their rank (decaying). A 1024 x 2752 matrix: a quarter of an OLMo-2-7B MLP matrix per side."""
+    from scalpel import weights
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for spectrum in ("flat", "decaying"):
+        w = torch.randn(m, n, generator=gen, dtype=torch.float64)
+        if spectrum == "decaying":
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+            w = u @ torch.diag(s / torch.arange(1, len(s) + 1, dtype=torch.float64)) @ vh
+        for size in (1e-5, 1e-3, 3e-2):
+            d = torch.randn(m, n, generator=gen, dtype=torch.float64)
+            w_new = w + size * d * w.norm() / d.norm()
+            parts = {"float64": [weights.decompose(x, 64, "full") for x in (w, w_new)],
+                     "float32": [weights.decompose(x.float(), 64, "full") for x in (w, w_new)],
+                     "lowrank": [weights.decompose(x.float(), 64, "lowrank") for x in (w, w_new)]}
+            row = {"spectrum": spectrum, "rel_update": size,
+                   "nss_float64": weights.spectral_shift(parts["float64"][0][0], parts["float64"][1][0]),
+                   "nss_float32": weights.spectral_shift(parts["float32"][0][0], parts["float32"][1][0])}
+            for k in (16, 64):
+                for label, (a, b) in parts.items():
+                    row[f"angle_k{k}_{label}"] = weights.max_principal_angle(a[1][:, :k], b[1][:, :k])
+            out.append(row)
+            print(row, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, required=True, help="scratch folder (outside the repository)")
+    ap.add_argument("--layers", type=int, default=LAYERS)
+    ap.add_argument("--stride", type=int, default=3, help="checkpoint A updates every stride-th element")
+    ap.add_argument("--with-diff", action="store_true", help="also time scalpel.diff.relative_updates (mmap)")
+    ap.add_argument("--with-align", action="store_true", help="write a second checkpoint and time run_alignment")
+    ap.add_argument("--spectral-threads", type=int, nargs="*", default=[], help="time the SVDs with these threads")
+    ap.add_argument("--lowrank-error", action="store_true", help="svd_lowrank and float32 against float64")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    ap.add_argument("--out", type=Path, help="write the report here (JSON)")
+    args = ap.parse_args()
+    if ROOT in args.root.resolve().parents:
+        ap.error("--root must lie outside the repository")
+    report = {"machine": {"cpus": os.cpu_count(), "cpu": next((line.split(":", 1)[1].strip() for line in
+                          open("/proc/cpuinfo") if line.startswith("model name")), "?"),
+                          "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
+                          "torch": torch.__version__, "threads": torch.get_num_threads()},
+              "layers": args.layers}
+
+    def log(key, value):
+        report[key] = value
+        print(json.dumps({key: value}, default=str), flush=True)
+
+    base, ckpt, other = args.root / "base", args.root / "ckpt_a", args.root / "ckpt_b"
+    folders = [(base, None), (ckpt, args.stride)] + ([(other, 2 * args.stride)] if args.with_align else [])
+    try:
+        t0 = time.perf_counter()
+        for folder, stride in folders:
+            if not (folder / "model.safetensors.index.json").exists():
+                write_model(folder, args.layers, stride)
+        log("build_s", time.perf_counter() - t0)
+        log("gib", {f.name: sum(p.stat().st_size for p in f.glob("*.safetensors")) / 2 ** 30 for f, _ in folders})
+        log("cache_dropped", drop_caches())
+        for direct in (False, True):
+            drop_caches()
+            log(f"raw_read_2{'_direct' if direct else ''}", raw_read([base, ckpt], direct))
+        drop_caches()
+        res = timed_child(f"weights.update_metrics({str(base)!r}, {str(ckpt)!r})")
+        df = res.pop("table")
+        log("update_metrics", res)
+        known = {m: 1 - updated_positions(math.prod(s), args.stride) / math.prod(s) for m, s in MODULE_SHAPES.items()}
+        log("update_unchanged_max_error", max(abs(r.unchanged_bitwise - known[r.module]) for r in df.itertuples()))
+        log("update_overlap_top_range", [df.overlap_top.min(), df.overlap_top.max()])
+        if args.with_diff:
+            drop_caches()
+            res = timed_child(f"diff.relative_updates({str(base)!r}, {str(ckpt)!r})")
+            diff_df = res.pop("table")
+            log("diff_relative_updates", res)
+            log("rel_update_max_rel_difference_to_diff",
+                float(((diff_df.rel_update - df.rel_update).abs() / diff_df.rel_update).max()))
+        if args.with_align:
+            for direct in (False, True):
+                drop_caches()
+                log(f"raw_read_3{'_direct' if direct else ''}", raw_read([base, ckpt, other], direct))
+            drop_caches()
+            res = timed_child(f"weights.run_alignment({str(base)!r}, {str(ckpt)!r}, {str(other)!r})")
+            al = res.pop("table")
+            log("run_alignment", res)
+            # B moves every 2s-th element, A every s-th: B's mask is half of A's (up to the ragged ends)
+            log("align_jaccard_range", [al.jaccard.min(), al.jaccard.max()])
+    finally:
+        if not args.keep:
+            for folder, _ in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+    for threads in args.spectral_threads:
+        report.setdefault("spectral", []).extend(spectral_timings(threads))
+    if args.lowrank_error:
+        report["lowrank_error"] = lowrank_error()
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
