@@ -158,6 +158,18 @@ def _run(cmd, cwd, log, **extra_env):
     return text, took
 
 
+def train_args(spec_file, base, data, d) -> list[str]:
+    """`train ...` as the training rules call it, after the launcher: training into `d/state`."""
+    return [str(c) for c in ("train", "--spec", spec_file, "--base", base, "--data", data, "--state", d / "state")]
+
+
+def publish_command(spec_file, d) -> list[str]:
+    """The training rules' second command, once the launcher has exited 0: `d/state` into `d/checkpoints` and
+    `d/log.json`."""
+    return [str(c) for c in (sys.executable, "-m", "scalpel", "publish", "--spec", spec_file, "--state", d / "state",
+                             "--checkpoints", d / "checkpoints", "--log-history", d / "log.json")]
+
+
 def _weights(folder):
     from safetensors.torch import load_file
     files = sorted(Path(folder).glob("*.safetensors"))
@@ -246,10 +258,9 @@ def test_zero3_two_processes_match_one_process(tmp_path):
             (d / "probe.py").write_text(PROBE)
             prefix = [*prefix[:-2], str(d / "probe.py")]
             probe_env["PROBE_OUT"] = str(d / "probe")
-        cmd = [*prefix, "train", "--spec", d / "spec.yaml", "--base", tmp_path / "base", "--data",
-               tmp_path / "sft.jsonl", "--checkpoints", d / "checkpoints", "--state", d / "state",
-               "--log-history", d / "log.json"]
-        text, took = _run([str(c) for c in cmd], tmp_path, d / "train.log", **probe_env)
+        cmd = [*map(str, prefix), *train_args(d / "spec.yaml", tmp_path / "base", tmp_path / "sft.jsonl", d)]
+        text, took = _run(cmd, tmp_path, d / "train.log", **probe_env)
+        _run(publish_command(d / "spec.yaml", d), tmp_path, d / "publish.log")
         runs[name] = {"dir": d, "log": text, "seconds": took, "steps": s["checkpoint_steps"]}
         print(f"{name}: {nproc} process(es), {took:.1f} s")
     assert runs["plain"]["steps"] == runs["zero3"]["steps"] == [2, 4]

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import ROOT, write_tiny_study
 from scalpel import config, launch, slurm_preview
-from test_deepspeed import GLOBAL_BATCH, _run, assert_same_training, sft_spec
+from test_deepspeed import GLOBAL_BATCH, _run, assert_same_training, publish_command, sft_spec, train_args
 from test_slurm import SMOKE, cluster, planned_resources, snakemake  # noqa: F401 (fixture)
 
 NODE = {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_JOB_NODELIST": "gpu07,gpu08", "SLURM_JOB_ID": "4321"}
@@ -78,15 +78,13 @@ def test_two_machines_in_a_slurm_job_train_as_one_process(cluster, tmp_path):  #
     for d, per_device, deepspeed in ((plain, GLOBAL_BATCH, False), (machines, GLOBAL_BATCH // 2, True)):
         d.mkdir()
         config.write_yaml(sft_spec(per_device, deepspeed), d / "spec.yaml")
-    train_args = ["train", "--base", tmp_path / "base", "--data", tmp_path / "sft.jsonl"]
-    dirs = lambda d: ["--spec", d / "spec.yaml", "--checkpoints", d / "checkpoints", "--state", d / "state",  # noqa
-                      "--log-history", d / "log.json"]
-    _run([str(c) for c in [sys.executable, "-m", "scalpel", *train_args, *dirs(plain)]], tmp_path,
-         plain / "train.log", **env)
+    args = lambda d: train_args(d / "spec.yaml", tmp_path / "base", tmp_path / "sft.jsonl", d)  # noqa: E731
+    _run([sys.executable, "-m", "scalpel", *args(plain)], tmp_path, plain / "train.log", **env)
+    _run(publish_command(plain / "spec.yaml", plain), tmp_path, plain / "publish.log")
 
     yaml_file = launch.write_launch_files(machines / "launch", 3, 1, use_cpu=True, bf16=False, threshold=0)
     entry = [sys.executable, "-m", "scalpel.launch", "slurm", "--machines", "2", "--config-file", yaml_file,
-             "--cpu-processes", "1", *train_args, *dirs(machines)]
+             "--cpu-processes", "1", *args(machines), "&&", *publish_command(machines / "spec.yaml", machines)]
     # -n 2: both tasks on this one node, each a machine of one process. -t 4: Slurm kills it after 4 minutes.
     job = ["sbatch", "--parsable", "--wait", "-A", "ci", "-p", "debug", "-n", "2", "-t", "4", "--mem", "4000",
            "-J", "multinode-test", "-o", str(machines / "job.log"), "-D", str(tmp_path),

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, write_tiny_study
 from scalpel import config
-from test_deepspeed import _run, _weights
+from test_deepspeed import _run, _weights, publish_command, train_args
 
 STEPS, CHECKPOINTS = 12, 6
 
@@ -27,10 +27,8 @@ def _spec(tmp_path):
 
 
 def _cmd(tmp_path, name):
-    d = tmp_path / name
-    return [sys.executable, "-m", "scalpel", "train", "--spec", str(tmp_path / "spec.yaml"), "--base",
-            str(tmp_path / "base"), "--data", str(tmp_path / "sft.jsonl"), "--checkpoints", str(d / "checkpoints"),
-            "--state", str(d / "state"), "--log-history", str(d / "log.json")]
+    return [sys.executable, "-m", "scalpel",
+            *train_args(tmp_path / "spec.yaml", tmp_path / "base", tmp_path / "sft.jsonl", tmp_path / name)]
 
 
 @pytest.mark.integration
@@ -40,6 +38,7 @@ def test_sigterm_then_rerun_resumes_to_the_same_weights(tmp_path):
     assert spec["checkpoint_steps"] == [2, 4, 6, 8, 10, 12]
 
     _run(_cmd(tmp_path, "straight"), tmp_path, tmp_path / "straight.log")
+    _run(publish_command(tmp_path / "spec.yaml", tmp_path / "straight"), tmp_path, tmp_path / "publish.log")
 
     # Interrupted: SIGTERM once the step-4 checkpoint is exported.
     env = dict(os.environ, PYTHONPATH=str(ROOT / "workflow"), OMP_NUM_THREADS="1")
@@ -57,8 +56,10 @@ def test_sigterm_then_rerun_resumes_to_the_same_weights(tmp_path):
     saved = sorted(int(p.name.split("-")[1]) for p in state.glob("checkpoint-*"))
     assert saved and 4 <= saved[-1] < STEPS
     assert not (tmp_path / "resumed/checkpoints").exists()  # only a finished run publishes its checkpoints
+    assert not (state / "finished").exists()
 
     text, _ = _run(_cmd(tmp_path, "resumed"), tmp_path, tmp_path / "second.log")
+    _run(publish_command(tmp_path / "spec.yaml", tmp_path / "resumed"), tmp_path, tmp_path / "publish.log")
     assert f"resuming from {state / f'checkpoint-{saved[-1]}'}" in text
     for step in spec["checkpoint_steps"]:
         straight = _weights(tmp_path / f"straight/checkpoints/step-{step}")

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import ROOT
 from scalpel import launch
-from test_deepspeed import _run, _weights
+from test_deepspeed import _run, _weights, publish_command, train_args
 from test_slurm import SMOKE, TEST_PROFILE, cancel_jobs_of, cluster, snakemake, sacct  # noqa: F401 (fixture)
 
 STEPS, CHECKPOINTS = 24, 4  # a checkpoint every 6 steps; the signal follows the first, so 18 steps remain to stop in
@@ -86,9 +86,10 @@ def test_slurm_signal_saves_training_and_the_rerun_resumes(cluster, tmp_path):  
     # The uninterrupted run: the same launcher and inputs, here.
     prefix = launch.train_command({"deepspeed": {"enabled": True}}, 2, workdir / "results/launch/accelerate.yaml")
     ref = tmp_path / "straight"
-    _run([str(c) for c in [*prefix, "train", "--spec", "results/runs/sft/spec.yaml", "--base", "results/models/base",
-                           "--data", "results/data/sft.jsonl", "--checkpoints", ref / "checkpoints", "--state",
-                           ref / "state", "--log-history", ref / "log.json"]], workdir, tmp_path / "straight.log")
+    spec = "results/runs/sft/spec.yaml"
+    _run([*map(str, prefix), *train_args(spec, "results/models/base", "results/data/sft.jsonl", ref)], workdir,
+         tmp_path / "straight.log")
+    _run(publish_command(spec, ref), workdir, tmp_path / "publish.log")
     for step in (6, 12, 18, 24):
         straight = _weights(ref / f"checkpoints/step-{step}")
         resumed = _weights(workdir / f"results/runs/sft/checkpoints/step-{step}")

@@ -129,3 +129,32 @@ def test_the_run_log_names_what_trains(tmp_path, caplog):
                         f"{chosen:,} of {total:,} parameters ({100 * chosen / total:.2f}%)")
     assert [line.split()[0] for line in lines[1:]] == expected
     assert "lm_head.weight" in expected and "model.embed_tokens.weight" not in expected
+
+
+def test_a_checkpoint_cut_off_while_writing_its_trainer_state_is_not_resumed_from(tmp_path):
+    spec = {"name": "sft", "steps": 8}
+    state = tmp_path / "state"
+    train.prepare_state_dir(state, spec)
+    _fake_checkpoint(state / "checkpoint-2")
+    _fake_checkpoint(state / "checkpoint-4")
+    (state / "checkpoint-4/trainer_state.json").write_text('{"global_step": 4, "log_hist')  # a kill or a full disk
+    (state / "exports/step-4.tmp").mkdir(parents=True)  # an export cut off
+    assert train.prepare_state_dir(state, spec) == str(state / "checkpoint-2")
+    assert not (state / "checkpoint-4").exists() and not (state / "exports/step-4.tmp").exists()
+
+
+def test_disk_full_errors_are_recognised_and_others_are_not(tmp_path):
+    import errno
+
+    state = tmp_path / "state"
+    _fake_checkpoint(state / "checkpoint-2")
+    full = train.disk_full_error(OSError(errno.ENOSPC, "No space left on device"), state, 4)
+    assert full.errno == errno.ENOSPC
+    assert str(full).startswith(f"[Errno 28] no space left on the disk of {state} after step 4")
+    assert f"the newest complete checkpoint, {state / 'checkpoint-2'}, is intact" in str(full)
+    try:  # safetensors: its own error type, the cause in the message
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+    except RuntimeError as err:
+        assert train.disk_full_error(err, state, 4) is not None
+    assert train.disk_full_error(ValueError("a bug"), state, 4) is None
+    assert train.disk_full_error(RuntimeError("file write failed"), state, 4) is None  # with space left

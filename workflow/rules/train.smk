@@ -33,11 +33,13 @@ rule run_spec:
         "../scripts/write_spec.py"
 
 
-# Trainer state lives outside the declared outputs, so that a failed job keeps it and the rerun resumes.
+# Training writes only its state, outside the declared outputs, so that a failed job keeps it and the rerun resumes;
+# publishing fills the outputs only once the launcher has exited 0 (publish.py), and drops the state last.
 TRAIN_SHELL = (
     "OMP_NUM_THREADS={params.omp_threads} {params.launcher} train --spec {input.spec} --base {input.base}"
-    " --data {input.data} --checkpoints {output.checkpoints} --state {params.state}"
-    " --log-history {output.history} > {log} 2>&1"
+    " --data {input.data} --state {params.state} > {log} 2>&1"
+    " && python -m scalpel publish --spec {input.spec} --state {params.state} --checkpoints {output.checkpoints}"
+    " --log-history {output.history} {params.completions} >> {log} 2>&1"
 )
 
 
@@ -57,6 +59,7 @@ rule train_grpo:
         state=lambda wildcards: f"results/runs/{wildcards.run}/state",
         launcher=get_train_launcher,
         omp_threads=get_train_omp_threads,
+        completions=lambda wildcards, output: f"--completions {output.completions}",
     threads: 1
     resources:
         **TRAIN_RESOURCES,
@@ -85,6 +88,7 @@ rule train_sft:
         state=lambda wildcards: f"results/runs/{wildcards.run}/state",
         launcher=get_train_launcher,
         omp_threads=get_train_omp_threads,
+        completions="",
     threads: 1
     resources:
         **TRAIN_RESOURCES,

@@ -31,7 +31,7 @@ def _import_base(a):
 
 def _train(a):
     from . import train
-    train.run(a.spec, a.base, a.data, a.checkpoints, a.state, a.log_history)
+    train.run(a.spec, a.base, a.data, a.state)
 
 
 def _evaluate(a):
@@ -81,13 +81,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--outdir", required=True)
     s.set_defaults(func=_import_base)
 
-    s = sub.add_parser("train", help="one GRPO or SFT run from its resolved spec")
+    s = sub.add_parser("train", help="one GRPO or SFT run from its resolved spec, into its state folder (then publish)")
     s.add_argument("--spec", required=True)
     s.add_argument("--base", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--checkpoints", required=True)
-    s.add_argument("--state", required=True)
-    s.add_argument("--log-history", required=True)
+    s.add_argument("--state", required=True, help="trainer state, exported checkpoints and, once done, a stamp")
     s.set_defaults(func=_train)
 
     s = sub.add_parser("evaluate", help="lm-eval on one checkpoint, normalised to a tidy TSV")
@@ -115,6 +113,8 @@ def parser() -> argparse.ArgumentParser:
     for name, module_name, help_ in [("diff", "diff", "relative update per layer x module vs the base"),
                                      ("tables", "tables", "aggregate evals and diffs into tables"),
                                      ("kl", "kl", "teacher-forced KL(base || checkpoint) on a reference set"),
+                                     ("publish", "publish", "a finished training's checkpoints into the declared "
+                                                            "outputs, then its state deleted"),
                                      ("openr1", "openr1", "the paper's data: OpenR1-Math cn_k12 for GRPO and SFT"),
                                      ("prefetch", "prefetch", "download the model, datasets and eval data into the "
                                                               "HF cache (needs network)"),

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
-from scalpel.io import atomic_output
+from scalpel.io import atomic_output, check_safetensors
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_CHUNK_ROWS = 1024
@@ -136,6 +136,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype-mismatch", choices=DTYPE_POLICIES, default="cast",
                     help="a base stored in another dtype than the checkpoint: cast it to the checkpoint's, or refuse")
     args = ap.parse_args(argv)
+    check_safetensors(args.base)
+    check_safetensors(args.checkpoint)
     df = relative_updates(args.base, args.checkpoint, chunk_rows=args.chunk_rows, dtype_mismatch=args.dtype_mismatch)
     df.insert(0, "step", args.step)
     df.insert(0, "run", args.run)

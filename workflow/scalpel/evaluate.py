@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import atomic_output
+from .io import atomic_output, check_safetensors
 
 log = logging.getLogger(__name__)
 COLUMNS = ["run", "step", "task", "metric", "value", "stderr"]
@@ -115,13 +115,15 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
 
 
 def run(checkpoint: str, tasks: list[str], task_dir: str | None, out_tsv: str, *, run: str, step: int, **kwargs):
+    """Evaluate and write the table, with lm-eval's results and samples beside it (each file atomically, the table
+    last)."""
+    check_safetensors(checkpoint)
     table, res = evaluate(checkpoint, tasks, task_dir, run=run, step=step, **kwargs)
     out = Path(out_tsv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    raw = out.with_suffix(".lm_eval.json")
-    raw.write_text(json.dumps({k: res[k] for k in ("results", "configs", "versions", "n-shot", "n-samples")},
-                              indent=1, default=str))
-    with open(out.with_suffix(".samples.jsonl"), "w") as fh:
+    with atomic_output(out.with_suffix(".lm_eval.json")) as tmp:
+        tmp.write_text(json.dumps({k: res[k] for k in ("results", "configs", "versions", "n-shot", "n-samples")},
+                                  indent=1, default=str))
+    with atomic_output(out.with_suffix(".samples.jsonl")) as tmp, open(tmp, "w") as fh:
         for task, samples in res["samples"].items():
             for s in samples:
                 fh.write(json.dumps({"task": task, "doc": s["doc"], "resps": s["resps"],

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .io import atomic_output
+from .io import atomic_output, check_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    check_safetensors(args.base)
+    check_safetensors(args.checkpoint)
     examples = read_jsonl(args.reference)[: args.limit]
     dtype = getattr(torch, args.dtype)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)

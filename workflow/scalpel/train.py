@@ -2,11 +2,13 @@
 
 Trainer state (optimizer, scheduler, RNG) and the checkpoints exported so far live in `state_dir`, which the
 workflow never declares as an output, so a killed job keeps them and a rerun resumes from the newest complete
-checkpoint. Only a finished run moves its checkpoints into the declared output folder and drops the state.
+checkpoint. Training writes nothing else: once every rank is done, the main process stamps the state finished, all
+ranks leave the process group and exit 0, and only then does `scalpel publish` (publish.py) put the checkpoints in
+the declared outputs. A rerun finding the stamp trains nothing.
 """
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import logging
 import os
@@ -19,8 +21,9 @@ import yaml
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from . import config, data, params, rewards, vllm_server
+from . import config, data, faults, params, rewards, vllm_server
 from .io import atomic_output
+from .publish import clear_folder, is_finished, mark_finished, spec_hash
 
 log = logging.getLogger(__name__)
 MODEL_FILES = ("config.json", "generation_config.json", "chat_template.jinja", "special_tokens_map.json",
@@ -50,6 +53,8 @@ class CheckpointSchedule(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step in self.steps:
             control.should_save = True
+        if state.is_world_process_zero:
+            faults.reach(f"step-{state.global_step}")
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -98,10 +103,6 @@ class StopOnSignal(TrainerCallback):
         return control
 
 
-def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0  # set by accelerate/torchrun for every process
 
@@ -115,10 +116,13 @@ def prepare_state_dir(state_dir: Path, spec: dict, is_main: bool = True, wait_s:
     stamp = state_dir / "spec.sha256"
     digest = spec_hash(spec)
     if is_main:
-        if state_dir.exists() and (not stamp.exists() or stamp.read_text() != digest):
+        if state_dir.exists() and any(state_dir.iterdir()) and (not stamp.exists() or stamp.read_text() != digest):
             log.warning("trainer state in %s belongs to another spec: starting from step 0", state_dir)
-            shutil.rmtree(state_dir)
+            clear_folder(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
+        for partial in [*incomplete_checkpoints(state_dir), *state_dir.glob("exports/*.tmp")]:
+            log.warning("deleting %s, cut off while saving", partial)
+            shutil.rmtree(partial)
         with atomic_output(stamp) as tmp:
             tmp.write_text(digest)
     else:
@@ -127,13 +131,88 @@ def prepare_state_dir(state_dir: Path, spec: dict, is_main: bool = True, wait_s:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the main process did not prepare {state_dir} within {wait_s:.0f} s")
             time.sleep(0.5)
-    # The trainer writes trainer_state.json last: a checkpoint without it was cut off while saving.
-    complete = [p for p in state_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    if not complete:
+    last = newest_checkpoint(state_dir)
+    if last is not None:
+        log.info("resuming from %s", last)
+    return last
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    """The trainer writes trainer_state.json last, and not atomically: a checkpoint without it, or with a cut-off one
+    (a kill or a full disk while writing it), was cut off while saving."""
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def incomplete_checkpoints(state_dir: Path) -> list[Path]:
+    return [p for p in state_dir.glob("checkpoint-*") if not _is_complete(p)]
+
+
+def newest_checkpoint(state_dir: Path) -> str | None:
+    """The newest complete trainer checkpoint in `state_dir`."""
+    complete = [p for p in state_dir.glob("checkpoint-*") if _is_complete(p)]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[1]))) if complete else None
+
+
+FULL_BELOW = 1 << 20  # bytes free under which a failed write is taken for a full disk
+
+
+def disk_full_error(err: BaseException, state_dir: Path, step: int) -> OSError | None:
+    """A clear error for `err` if it came from a full disk under `state_dir`, else None.
+
+    Python reports a full disk as ENOSPC, safetensors as StorageFull, but torch.save only as a failed write
+    ("file write failed", "basic_ios::clear: iostream error", "unexpected pos"): so, ENOSPC or StorageFull anywhere in
+    the exception chain, or an I/O error with (almost) no space left.
+    """
+    chain, e = [], err
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    full = any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in chain) or any(
+        "No space left on device" in str(e) or "StorageFull" in str(e) for e in chain)
+    io_error = any(isinstance(e, OSError) or any(w in str(e) for w in ("write", "iostream", "unexpected pos"))
+                   for e in chain)
+    if not full and io_error:
+        try:
+            full = shutil.disk_usage(state_dir).free < FULL_BELOW
+        except OSError:
+            return None
+    if not full:
         return None
-    last = max(complete, key=lambda p: int(p.name.split("-")[1]))
-    log.info("resuming from %s", last)
-    return str(last)
+    return OSError(errno.ENOSPC, f"no space left on the disk of {state_dir} after step {step} ({err!r}); the newest "
+                                 f"complete checkpoint, {newest_checkpoint(state_dir) or 'none'}, is intact: free "
+                                 "space, then rerun to resume from it")
+
+
+def shutdown_ranks(failed: bool) -> bool:
+    """Wait for every rank, and agree whether any `failed`; then leave the process group (on every rank).
+
+    Called after training on every rank, so that no rank exits while the main process still saves or stamps the
+    state: a launcher that sees one process exit non-zero kills the others and reports the whole run failed. The
+    process group is shut down here rather than torn down by interpreter exit, where a rank once died with
+    `terminate called without an active exception` (SIGABRT) after training.
+    """
+    import torch.distributed as dist
+
+    failed = bool(max_over_ranks(int(failed)))
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return failed
+
+
+def _arm_save_fault(trainer, state_dir: Path) -> None:
+    """SCALPEL_FAULT's `save-<N>` phase: inside the trainer's save of checkpoint N, after the weights (faults.py)."""
+    if not os.environ.get(faults.VARIABLE, "").partition(":")[2].startswith("save-"):
+        return
+    save = trainer._save_optimizer_and_scheduler
+
+    def save_with_fault(output_dir):
+        faults.reach(f"save-{trainer.state.global_step}", state_dir)
+        return save(output_dir)
+
+    trainer._save_optimizer_and_scheduler = save_with_fault
 
 
 def attn_implementation(choice: str | None) -> str | None:
@@ -191,11 +270,15 @@ def build_trainer(spec: dict, base: str, data_file: str, state_dir: Path):
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
 
 
-def run(spec_file: str, base: str, data_file: str, checkpoint_dir: str, state_dir: str, log_file: str) -> None:
+def run(spec_file: str, base: str, data_file: str, state_dir: str) -> None:
     spec = yaml.safe_load(Path(spec_file).read_text())
-    checkpoint_dir, state_dir = Path(checkpoint_dir), Path(state_dir)
-    is_main = _is_main_process()
+    state_dir = Path(state_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    is_main = rank == 0
     resume = prepare_state_dir(state_dir, spec, is_main)
+    if is_finished(state_dir, spec):
+        log.info("run %s finished training already (%s): nothing to train, publish it", spec["name"], state_dir)
+        return
     exports = state_dir / "exports"
     if resume and is_main:  # a job killed between saving and exporting: export that checkpoint now
         step = int(Path(resume).name.split("-")[1])
@@ -204,21 +287,33 @@ def run(spec_file: str, base: str, data_file: str, checkpoint_dir: str, state_di
     trainer = build_trainer(spec, base, data_file, state_dir)
     log.info("process %d of %d, machine %s", trainer.args.process_index, trainer.args.world_size,
              os.environ.get("GROUP_RANK", "0"))  # GROUP_RANK: the machine rank torchrun gives each process
-    trainer.train(resume_from_checkpoint=resume)
+    _arm_save_fault(trainer, state_dir)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except Exception as err:
+        full = disk_full_error(err, state_dir, trainer.state.global_step)
+        if full is None:
+            raise
+        raise full from err
     stopper = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal))
+    error = None
+    if is_main and not stopper.stopped_by:
+        try:
+            mark_finished(state_dir, spec, trainer.state.log_history)
+        except Exception as err:
+            error = disk_full_error(err, state_dir, trainer.state.global_step)
+            if error is None:
+                error = err
+            else:
+                error.__cause__ = err
+    failed = shutdown_ranks(error is not None)
+    faults.reach(f"exit-rank-{rank}")
+    if error is not None:
+        raise error
+    if failed:
+        raise SystemExit("the main process could not stamp the finished training (its error is in this log)")
     if stopper.stopped_by:
         log.warning("stopped at step %d with its state saved in %s: rerun to resume", trainer.state.global_step,
                     state_dir)
         raise SystemExit(128 + stopper.stopped_by)
-    if not trainer.is_world_process_zero():
-        return
-    missing = [s for s in spec["checkpoint_steps"] if not (exports / f"step-{s}").is_dir()]
-    if missing:
-        raise RuntimeError(f"training ended without checkpoints for steps {missing} in {exports}")
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    for step in spec["checkpoint_steps"]:
-        (exports / f"step-{step}").rename(checkpoint_dir / f"step-{step}")
-    if (state_dir / "completions").is_dir():
-        shutil.copytree(state_dir / "completions", checkpoint_dir.parent / "completions", dirs_exist_ok=True)
-    Path(log_file).write_text(json.dumps(trainer.state.log_history, indent=1))
-    shutil.rmtree(state_dir)
+    log.info("process %d: training of run %s finished, its state stamped in %s", rank, spec["name"], state_dir)
