@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, write_tiny_study
-from scalpel import launch
+from scalpel import cli, launch
 
 # ----------------------------------------------------------------------------------------------------------------
 # The config builders
@@ -88,14 +88,14 @@ def test_written_yaml_leaves_the_json_keys_to_the_json(tmp_path, stage):
 
 
 def test_cli_writes_both_files(tmp_path, capsys):
-    launch.main(["--stage", "3", "--num-processes", "2", "--outdir", str(tmp_path), "--cpu",
+    cli.main(["launch", "files", "--stage", "3", "--num-processes", "2", "--outdir", str(tmp_path), "--cpu",
                  "--persistence-threshold", "0"])
     assert capsys.readouterr().out.strip() == str(tmp_path / "accelerate.yaml")
     ds = json.loads((tmp_path / "ds_config.json").read_text())
     assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == 0
     assert yaml.safe_load((tmp_path / "accelerate.yaml").read_text())["use_cpu"] is True
     with pytest.raises(SystemExit):
-        launch.main(["--stage", "2", "--num-processes", "2", "--outdir", str(tmp_path), "--persistence-threshold", "0"])
+        cli.main(["launch", "files", "--stage", "2", "--num-processes", "2", "--outdir", str(tmp_path), "--persistence-threshold", "0"])
 
 
 def test_train_command():

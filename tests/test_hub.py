@@ -15,7 +15,7 @@ from huggingface_hub.errors import GatedRepoError
 from snakemake.utils import validate
 
 from conftest import ROOT, write_tiny_study
-from scalpel import chat, config as study_config, diff, hub, kl, model, openr1, prefetch
+from scalpel import chat, cli, config as study_config, diff, hub, kl, model, openr1, prefetch
 from test_openr1 import CARD, MATH500, ROWS, _write_shards
 
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
@@ -200,7 +200,7 @@ def test_prefetch_local_stand_ins(stand_ins, tmp_path):
     punkt = tmp_path / "nltk" / "tokenizers" / "punkt_tab"
     punkt.mkdir(parents=True)
     out = tmp_path / "manifest.json"
-    prefetch.main(["--model", str(stand_ins["model"]), "--dataset", str(stand_ins["openr1"]),
+    cli.main(["prefetch", "--model", str(stand_ins["model"]), "--dataset", str(stand_ins["openr1"]),
                    "--math500", str(stand_ins["math500"]), "--tasks", "stand_in_facts,stand_in_ifeval",
                    "--include-path", str(tmp_path / "tasks"), "--nltk-data", str(tmp_path / "nltk"),
                    "--out", str(out)])

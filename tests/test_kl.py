@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, trainers
 from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
-from scalpel import chat, kl
+from scalpel import chat, cli, kl
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 
@@ -132,7 +132,7 @@ def test_cli_writes_json(base, perturbed, tokenizer, tmp_path):
     ref = tmp_path / "reference.jsonl"
     ref.write_text("".join(json.dumps(e) + "\n" for e in (SHORT, LONG, SHORT)))
     out = tmp_path / "kl" / "grpo-step-5.json"
-    kl.main(["--base", str(tmp_path / "base"), "--checkpoint", str(tmp_path / "ckpt"), "--reference", str(ref),
+    cli.main(["kl", "--base", str(tmp_path / "base"), "--checkpoint", str(tmp_path / "ckpt"), "--reference", str(ref),
              "--run", "grpo", "--step", "5", "--out", str(out), "--limit", "2", "--device", "cpu"])
     got = json.loads(out.read_text())
     expected = kl.kl_divergence(base, perturbed, tokenizer, [SHORT, LONG])

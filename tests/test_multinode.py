@@ -42,7 +42,7 @@ def test_srun_starts_one_launcher_per_node_with_the_node_cpus():
            "SBATCH_GRES": "gpu:8", "PATH": "/bin", "HOME": "/h"}
     cmd, step_env = launch.srun_command(env, 2, ["--config-file", "a.yaml", "train"], shape=(2, 64))
     assert cmd[:6] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--cpus-per-task=64", "--kill-on-bad-exit=1"]
-    assert cmd[6:] == [sys.executable, "-m", "scalpel.launch", "node", "--config-file", "a.yaml", "train"]
+    assert cmd[6:] == [sys.executable, "-m", "scalpel", "launch", "node", "--config-file", "a.yaml", "train"]
     # The job's identity stays; the executor's step settings (1 task, --cpus-per-gpu) must not reach the new step.
     assert step_env == {"SLURM_JOB_ID": "7", "PATH": "/bin", "HOME": "/h"}
     # A one-node test allocation: both machines on it, its CPUs split between them.
@@ -83,7 +83,7 @@ def test_two_machines_in_a_slurm_job_train_as_one_process(cluster, tmp_path):  #
     _run(publish_command(plain / "spec.yaml", plain), tmp_path, plain / "publish.log")
 
     yaml_file = launch.write_launch_files(machines / "launch", 3, 1, use_cpu=True, bf16=False, threshold=0)
-    entry = [sys.executable, "-m", "scalpel.launch", "slurm", "--machines", "2", "--config-file", yaml_file,
+    entry = [sys.executable, "-m", "scalpel", "launch", "slurm", "--machines", "2", "--config-file", yaml_file,
              "--cpu-processes", "1", *args(machines), "&&", *publish_command(machines / "spec.yaml", machines)]
     # -n 2: both tasks on this one node, each a machine of one process. -t 4: Slurm kills it after 4 minutes.
     job = ["sbatch", "--parsable", "--wait", "-A", "ci", "-p", "debug", "-n", "2", "-t", "4", "--mem", "4000",
@@ -130,7 +130,7 @@ def test_several_nodes_plan_train_jobs_with_their_nodes_and_refuse_a_gpu_total(t
     for rule in ("train_grpo", "train_sft"):
         planned = planned_resources(out)[rule]
         assert (planned["nodes"], planned["tasks"], planned["tasks_per_gpu"], planned["mpi"]) == ("2", "2", "0", "srun")
-    assert "python -m scalpel.launch slurm --machines 2 --config-file results/launch/accelerate.yaml" in out
+    assert "python -m scalpel launch slurm --machines 2 --config-file results/launch/accelerate.yaml" in out
     single, _ = snakemake(tmp_path, *common[:-1], str(SMOKE), bound=300)  # one node: the rules ask for nothing more
     assert not {"nodes", "tasks", "mpi"} & set(planned_resources(single.stdout + single.stderr)["train_sft"])
     # profiles/slurm asks for `gpu: 8`, a total over the job: with several nodes that is refused, naming the fix.

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scalpel import chat, data, model, openr1
+from scalpel import chat, cli, data, model, openr1
 
 # The 14 columns of OpenR1-Math-220k, in order (research/schemas.md section 1); `messages` structs are content, role.
 SCHEMA = pa.schema([
@@ -251,7 +251,7 @@ def test_cli_writes_rows_and_counts(hub_copy, tokenizer, tmp_path):
     math500.mkdir()
     (math500 / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MATH500))
     out = tmp_path / "out"
-    openr1.main(["--source", str(hub_copy), "--config", "extended", "--tokenizer", str(tok_dir), "--outdir", str(out),
+    cli.main(["openr1", "--source", str(hub_copy), "--config", "extended", "--tokenizer", str(tok_dir), "--outdir", str(out),
                  "--math500", str(math500)])
     counts = json.loads((out / "counts.json").read_text())
     assert counts["grpo_rows"] == 5 and counts["sft_rows"] == 6

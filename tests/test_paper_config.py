@@ -362,7 +362,7 @@ def test_vllm_server_mode_gives_one_gpu_to_vllm_as_the_authors_ran(tmp_path):
     jobs = slurm_preview.dry_run_jobs(tmp_path / "server.yaml", ROOT / "profiles/slurm", tmp_path / "wd", env)
     grpo = next(j["shell"] for j in jobs if j["rule"] == "train_grpo")
     serve, train = grpo.split(" -- ")
-    assert "python -m scalpel.vllm_server --model results/models/base --gpu-memory-utilization 0.7" in serve
+    assert "python -m scalpel vllm-server --model results/models/base --gpu-memory-utilization 0.7" in serve
     assert train.startswith("accelerate launch") and "--num_processes 7 " in train  # 8 GPUs: 7 train, 1 serves
-    assert all("--num_processes 8 " in j["shell"] and "vllm_server" not in j["shell"]
+    assert all("--num_processes 8 " in j["shell"] and "vllm-server" not in j["shell"]
                for j in jobs if j["rule"] == "train_sft")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from scalpel import plots, tables
+from scalpel import cli, plots, tables
 from scalpel.diff import MODULES, write_parquet
 
 LAYERS = 2
@@ -165,7 +165,7 @@ def test_score_figures(built, tmp_path):
 
 def test_clis_write_every_table_and_figure(inputs):
     tmp_path, eval_files, diff_files, spec = inputs
-    tables.main(["--eval", *map(str, eval_files), "--diff", *map(str, diff_files), "--spec", str(spec),
+    cli.main(["tables", "--eval", *map(str, eval_files), "--diff", *map(str, diff_files), "--spec", str(spec),
                  "--outdir", str(tmp_path / "tables")])
     written = {p.name for p in (tmp_path / "tables").iterdir()}
     assert written == {"scores.tsv", "updates.tsv", "update_module_means.tsv", "summary.tsv", "ratios.tsv"}
@@ -173,7 +173,7 @@ def test_clis_write_every_table_and_figure(inputs):
     assert list(ratios.denominator) == ["scalpel", "2e-6"]
     assert list(tables.read_tsv(tmp_path / "tables" / "summary.tsv").run) == ["base", "hammer", "scalpel", "2e-6"]
 
-    plots.main(["--tables", str(tmp_path / "tables"), "--spec", str(spec), "--outdir", str(tmp_path / "fig")])
+    cli.main(["plots", "--tables", str(tmp_path / "tables"), "--spec", str(spec), "--outdir", str(tmp_path / "fig")])
     figures = sorted((tmp_path / "fig").iterdir())
     assert [p.name for p in figures] == ["scores_by_step.png", "scores_final.png", "update_heatmaps.png",
                                          "update_trajectories.png"]

@@ -29,7 +29,7 @@ def test_wrapper_gives_the_trainer_the_other_gpus_and_the_server_url(tmp_path):
     probe = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
              "('CUDA_VISIBLE_DEVICES', 'SCALPEL_VLLM_SERVER_URL')})); raise SystemExit(3)")
     out = subprocess.run(
-        [sys.executable, "-m", "scalpel.vllm_server", "--model", "m", "--port", "8124", "--server-log",
+        [sys.executable, "-m", "scalpel", "vllm-server", "--model", "m", "--port", "8124", "--server-log",
          str(tmp_path / "server.log"), "--", sys.executable, "-c", probe],
         capture_output=True, text=True, timeout=120,
         env={"CUDA_VISIBLE_DEVICES": "4,5,6", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},

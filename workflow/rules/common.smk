@@ -174,14 +174,14 @@ def get_train_launcher(wildcards, resources):
                 " (the Slurm executor makes gpu --gpus, a total over the job that Slurm may split unevenly)"
             )
         return (
-            f"python -m scalpel.launch slurm --machines {TRAIN_NODES} --config-file {LAUNCH_FILES}"
+            f"python -m scalpel launch slurm --machines {TRAIN_NODES} --config-file {LAUNCH_FILES}"
             f" --cpu-processes {DEEPSPEED['cpu_processes']}"
         )
     n = train_processes(resources, wildcards.run)
     launcher = study_launch.train_command(config["launch"], n, LAUNCH_FILES or None)
     if vllm_server_mode(wildcards.run):
         launcher = [
-            "python", "-m", "scalpel.vllm_server", "--model", base_model_dir(),
+            "python", "-m", "scalpel", "vllm-server", "--model", base_model_dir(),
             "--gpu-memory-utilization", str(VLLM["gpu_memory_utilization"]), "--dtype", config["model"]["dtype"],
             "--server-log", f"logs/train/{wildcards.run}.vllm_server.log", "--", *launcher,
         ]

@@ -15,7 +15,7 @@ rule launch_files:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m scalpel.launch --stage {params.stage} --num-processes 1 {params.bf16} {params.threshold}"
+        "python -m scalpel launch files --stage {params.stage} --num-processes 1 {params.bf16} {params.threshold}"
         " --outdir $(dirname {output}) > {log} 2>&1"
 
 

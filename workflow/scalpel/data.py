@@ -9,11 +9,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
 from .chat import SYSTEM_PROMPT, system_message
 from .io import atomic_output
+
+log = logging.getLogger(__name__)
 
 ATTRIBUTES = {
     "colour": ("What colour is the {e}?", ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]),
@@ -199,3 +202,21 @@ def write_world(seed: int, cfg: dict, outdir) -> dict[str, int]:
     for name, rows in world.items():
         write_jsonl(rows, outdir / f"{name}.jsonl")
     return {name: len(rows) for name, rows in world.items()}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("data", help="generate the miniature world and its lm-eval tasks")
+    p.add_argument("--synthetic", required=True, help="JSON of config data.synthetic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--task-dir", required=True)
+    p.add_argument("--max-gen-toks", type=int, default=96)
+    p.set_defaults(func=main)
+
+
+def main(args) -> None:
+    from . import tasks
+
+    counts = write_world(args.seed, json.loads(args.synthetic), args.outdir)
+    names = tasks.write_tasks(args.outdir, args.task_dir, args.max_gen_toks)
+    log.info("rows written: %s; lm-eval tasks: %s", json.dumps(counts), ", ".join(names))

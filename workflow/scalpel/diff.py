@@ -6,7 +6,6 @@ would otherwise count bf16 rounding (~0.2% of a weight's norm) as an update, mor
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import re
@@ -125,8 +124,9 @@ def write_parquet(df: pd.DataFrame, out) -> None:
         df.to_parquet(tmp, index=False)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Relative Frobenius update per layer x module, checkpoint vs base.")
+def add_parser(subparsers) -> None:
+    ap = subparsers.add_parser("diff", help="relative update per layer x module vs the base",
+                               description="Relative Frobenius update per layer x module, checkpoint vs base.")
     ap.add_argument("--base", required=True, help="HF model folder of the base model")
     ap.add_argument("--checkpoint", required=True, help="HF model folder of the checkpoint")
     ap.add_argument("--run", required=True)
@@ -135,14 +135,13 @@ def main(argv=None) -> None:
     ap.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
     ap.add_argument("--dtype-mismatch", choices=DTYPE_POLICIES, default="cast",
                     help="a base stored in another dtype than the checkpoint: cast it to the checkpoint's, or refuse")
-    args = ap.parse_args(argv)
+    ap.set_defaults(func=main)
+
+
+def main(args) -> None:
     check_safetensors(args.base)
     check_safetensors(args.checkpoint)
     df = relative_updates(args.base, args.checkpoint, chunk_rows=args.chunk_rows, dtype_mismatch=args.dtype_mismatch)
     df.insert(0, "step", args.step)
     df.insert(0, "run", args.run)
     write_parquet(df, args.out)
-
-
-if __name__ == "__main__":
-    main()

@@ -131,3 +131,38 @@ def run(checkpoint: str, tasks: list[str], task_dir: str | None, out_tsv: str, *
     with atomic_output(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="lm-eval on one checkpoint, normalised to a tidy TSV")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    p.add_argument("--task-dir", default=None, help="folder of local task YAMLs (lm-eval include_path)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", default="32", help="an integer, or auto")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gen-kwargs", default="{}", help="JSON of config eval.generation")
+    p.add_argument("--num-fewshot", default="{}", help="JSON of config eval.num_fewshot (task -> shots)")
+    p.add_argument("--model-args", default="{}", help="JSON of config eval.model_args")
+    p.add_argument("--fewshot-as-multiturn", default="{}",
+                   help="JSON of config eval.fewshot_as_multiturn (task -> examples as chat turns; default true)")
+    p.add_argument("--chat-template", default=None,
+                   help="a Jinja chat template file used instead of the checkpoint tokenizer's (eval.base_chat_template)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> None:
+    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    table = run(args.checkpoint, args.tasks.split(","), args.task_dir, args.out, run=args.run, step=args.step,
+                backend=args.backend, dtype=args.dtype, batch_size=batch_size, limit=args.limit, seed=args.seed,
+                device=args.device, gen_kwargs=json.loads(args.gen_kwargs), num_fewshot=json.loads(args.num_fewshot),
+                extra_model_args=json.loads(args.model_args),
+                chat_template=Path(args.chat_template).read_text() if args.chat_template else None,
+                fewshot_as_multiturn=json.loads(args.fewshot_as_multiturn))
+    log.info("\n%s", table.to_string(index=False))

@@ -13,7 +13,6 @@ computed from the logits in float64 (`log_softmax`) whatever the models' dtype. 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -103,12 +102,9 @@ def _write_json(obj: dict, out) -> None:
         tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
-def main(argv=None) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .data import read_jsonl
-
-    ap = argparse.ArgumentParser(description="Teacher-forced KL(base || checkpoint) on a reference set.")
+def add_parser(subparsers) -> None:
+    ap = subparsers.add_parser("kl", help="teacher-forced KL(base || checkpoint) on a reference set",
+                               description="Teacher-forced KL(base || checkpoint) on a reference set.")
     ap.add_argument("--base", required=True, help="HF model folder of the base model")
     ap.add_argument("--checkpoint", required=True, help="HF model folder of the checkpoint")
     ap.add_argument("--reference", required=True, help="JSONL of {prompt, completion} chat rows (MATH-500)")
@@ -120,8 +116,14 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--max-length", type=int, default=None)
     ap.add_argument("--tokenizer", default=None, help="default: the checkpoint's (as the authors)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ap.set_defaults(func=main)
+
+
+def main(args) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data import read_jsonl
+
 
     check_safetensors(args.base)
     check_safetensors(args.checkpoint)
@@ -135,7 +137,3 @@ def main(argv=None) -> None:
              args.step, result["mean_kl"], result["mean_seq_kl"], result["n_examples"], result["n_tokens"])
     _write_json({"run": args.run, "step": args.step, "base": args.base, "checkpoint": args.checkpoint,
                  "reference": args.reference, "dtype": args.dtype, **result}, args.out)
-
-
-if __name__ == "__main__":
-    main()

@@ -20,16 +20,16 @@ the run's `use_cpu` TRL argument; the yaml's `use_cpu` only records it.
     prefix = train_command(spec["launch"], num_processes, config_file=write_launch_files(...))
     subprocess.run([*prefix, "train", "--spec", ...])
 
-As a command: `python -m scalpel.launch --stage 3 --num-processes 2 --outdir DIR [--cpu] [--bf16]
+As a command: `python -m scalpel launch files --stage 3 --num-processes 2 --outdir DIR [--cpu] [--bf16]
 [--persistence-threshold N]` writes both files and prints the path of the yaml.
 
 Several nodes (`launch.nodes`), inside a Slurm job, in two steps that read the Slurm environment:
 
-    python -m scalpel.launch slurm --machines N --config-file YAML --cpu-processes P train --spec ...
+    python -m scalpel launch slurm --machines N --config-file YAML --cpu-processes P train --spec ...
 
 execs `srun` with one task per node (per machine), each running
 
-    python -m scalpel.launch node --config-file YAML --cpu-processes P train --spec ...
+    python -m scalpel launch node --config-file YAML --cpu-processes P train --spec ...
 
 which execs `accelerate launch` with its machine rank (SLURM_PROCID), the first host of the job as the rendezvous
 address and the process count of all machines (the GPUs of its node, or P without GPUs, times N).
@@ -243,7 +243,7 @@ def srun_command(env: Mapping[str, str], machines: int, node_args: Sequence[str]
         raise ValueError(f"launch.nodes ({machines}) is not a multiple of the job's {nodes} nodes")
     cpus_per_task = max(1, cpus_per_node // (machines // nodes))
     cmd = ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={machines}", f"--cpus-per-task={cpus_per_task}",
-           "--kill-on-bad-exit=1", sys.executable, "-m", "scalpel.launch", "node", *node_args]
+           "--kill-on-bad-exit=1", sys.executable, "-m", "scalpel", "launch", "node", *node_args]
     step_env = {k: v for k, v in env.items()
                 if not k.startswith(("SLURM_", "SRUN_", "SBATCH_")) or k in SLURM_JOB_IDENTITY}
     return cmd, step_env
@@ -265,51 +265,46 @@ def node_command(env: Mapping[str, str], config_file, cpu_processes: int) -> lis
     return train_command({"deepspeed": {"enabled": True}}, machines * per_machine, config_file, flags)
 
 
-def _slurm_main(argv, node: bool) -> None:
-    p = argparse.ArgumentParser(prog=f"python -m scalpel.launch {'node' if node else 'slurm'}")
-    if not node:
-        p.add_argument("--machines", type=int, required=True, help="launch.nodes: one node launcher each")
-    p.add_argument("--config-file", required=True, help="the accelerate yaml of write_launch_files")
-    p.add_argument("--cpu-processes", type=int, required=True, help="processes per machine without GPUs")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="the scalpel stage and its arguments")
-    a = p.parse_args(argv)
-    if node:
-        cmd, env = node_command(os.environ, a.config_file, a.cpu_processes) + a.command, dict(os.environ)
-    else:
-        node_args = ["--config-file", a.config_file, "--cpu-processes", str(a.cpu_processes), *a.command]
-        try:
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("launch", help="the DeepSpeed launch files; a training launched over several nodes",
+                              description=__doc__.split("\n\n")[0])
+    modes = p.add_subparsers(dest="mode", required=True, metavar="MODE")
+    files = modes.add_parser("files", help=f"write {DS_CONFIG} and {ACCELERATE_CONFIG}, print the yaml's path")
+    files.add_argument("--stage", type=int, choices=[2, 3], required=True, help="ZeRO stage")
+    files.add_argument("--num-processes", type=int, required=True, help="processes in all (over every machine)")
+    files.add_argument("--outdir", required=True, help=f"folder for {DS_CONFIG} and {ACCELERATE_CONFIG}")
+    files.add_argument("--cpu", action="store_true", help="the run trains on CPU (gloo); TRL's use_cpu decides")
+    files.add_argument("--bf16", action="store_true", help="bf16 mixed precision; must equal the run's TRL bf16")
+    files.add_argument("--persistence-threshold", type=int, default=None,
+                       help="ZeRO-3 stage3_param_persistence_threshold (default auto; 0 shards every parameter)")
+    files.add_argument("--num-machines", type=int, default=1)
+    files.add_argument("--machine-rank", type=int, default=0)
+    files.add_argument("--main-process-ip", default=None)
+    files.add_argument("--main-process-port", type=int, default=29500)
+    for mode, help_ in [("slurm", "inside a Slurm job: srun one node launcher per machine"),
+                        ("node", "one machine's accelerate launch (a task of the slurm mode's srun)")]:
+        m = modes.add_parser(mode, help=help_)
+        if mode == "slurm":
+            m.add_argument("--machines", type=int, required=True, help="launch.nodes: one node launcher each")
+        m.add_argument("--config-file", required=True, help="the accelerate yaml of write_launch_files")
+        m.add_argument("--cpu-processes", type=int, required=True, help="processes per machine without GPUs")
+        m.add_argument("command", nargs=argparse.REMAINDER, help="the scalpel command and its arguments")
+    p.set_defaults(func=main)
+
+
+def main(a) -> None:
+    try:
+        if a.mode == "files":
+            print(write_launch_files(a.outdir, a.stage, a.num_processes, a.cpu, a.bf16, a.persistence_threshold,
+                                     num_machines=a.num_machines, machine_rank=a.machine_rank,
+                                     main_process_ip=a.main_process_ip, main_process_port=a.main_process_port))
+            return
+        if a.mode == "node":
+            cmd, env = node_command(os.environ, a.config_file, a.cpu_processes) + a.command, dict(os.environ)
+        else:
+            node_args = ["--config-file", a.config_file, "--cpu-processes", str(a.cpu_processes), *a.command]
             cmd, env = srun_command(os.environ, a.machines, node_args)
-        except ValueError as err:
-            p.error(str(err))
+    except ValueError as err:
+        raise SystemExit(f"scalpel launch {a.mode}: error: {err}") from None
     print(" ".join(cmd), file=sys.stderr, flush=True)
     os.execvpe(cmd[0], cmd, env)
-
-
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("node", "slurm"):
-        return _slurm_main(argv[1:], node=argv[0] == "node")
-    p = argparse.ArgumentParser(prog="python -m scalpel.launch", description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", type=int, choices=[2, 3], required=True, help="ZeRO stage")
-    p.add_argument("--num-processes", type=int, required=True, help="processes in all (over every machine)")
-    p.add_argument("--outdir", required=True, help=f"folder for {DS_CONFIG} and {ACCELERATE_CONFIG}")
-    p.add_argument("--cpu", action="store_true", help="the run trains on CPU (gloo); TRL's use_cpu decides")
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision; must equal the run's TRL bf16")
-    p.add_argument("--persistence-threshold", type=int, default=None,
-                   help="ZeRO-3 stage3_param_persistence_threshold (default auto; 0 shards every parameter)")
-    p.add_argument("--num-machines", type=int, default=1)
-    p.add_argument("--machine-rank", type=int, default=0)
-    p.add_argument("--main-process-ip", default=None)
-    p.add_argument("--main-process-port", type=int, default=29500)
-    a = p.parse_args(argv)
-    try:
-        path = write_launch_files(a.outdir, a.stage, a.num_processes, a.cpu, a.bf16, a.persistence_threshold,
-                                  num_machines=a.num_machines, machine_rank=a.machine_rank,
-                                  main_process_ip=a.main_process_ip, main_process_port=a.main_process_port)
-    except ValueError as err:
-        p.error(str(err))
-    print(path)
-
-
-if __name__ == "__main__":
-    main()

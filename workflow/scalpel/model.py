@@ -3,6 +3,7 @@ Olmo2ForCausalLM (the 7B's real architecture, so parameter names match), pre-tra
 probes and easy maths until competent; otherwise a hub or local model imported with its weights linked."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -125,3 +126,31 @@ def import_base(source: str, out_dir, revision: str | None = None, template: str
     log.info("imported %s (commit %s) from %s: %d files, weights linked; chat template: %s", source,
              hub.commit_of(src), src, len(files), template)
     return src
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("base-model", help="build and pre-train the miniature's tiny OLMo-2")
+    p.add_argument("--build", required=True, help="JSON of config model.build")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", required=True)
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--log-history", required=True)
+    p.set_defaults(func=main)
+
+    p = subparsers.add_parser("import-base", help="the base model from the hub (HF cache) or a local folder, "
+                                                  "weights linked")
+    p.add_argument("--source", required=True, help="hub id or local HF model folder")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    p.add_argument("--chat-template", choices=["study", "model"], default="study")
+    p.add_argument("--outdir", required=True)
+    p.set_defaults(func=main)
+
+
+def main(args) -> None:
+    if args.command == "import-base":
+        log.info(hub.describe_environment())
+        import_base(args.source, args.outdir, args.revision, args.chat_template)
+        return
+    history = build_base(args.data, args.outdir, json.loads(args.build), args.seed)
+    with open(args.log_history, "w") as fh:
+        json.dump(history, fh, indent=1)

@@ -14,7 +14,6 @@ tokenized without added special tokens, as `apply_chat_template(tokenize=True)` 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
@@ -207,8 +206,9 @@ def math500_reference(path_or_id: str = MATH500_ID, system_prompt: str | None = 
             for r in dataset.select_columns(list(MATH500_REQUIRED))]
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="OpenR1-Math-220k -> GRPO prompts and SFT conversations (paper scale).")
+def add_parser(subparsers) -> None:
+    ap = subparsers.add_parser("openr1", help="the paper's data: OpenR1-Math cn_k12 for GRPO and SFT",
+                               description="OpenR1-Math-220k -> GRPO prompts and SFT conversations (paper scale).")
     ap.add_argument("--source", default=OPENR1_ID, help="hub id, local copy of the hub repository, or data file(s) folder")
     ap.add_argument("--config", default="extended")
     ap.add_argument("--split", default="train")
@@ -221,8 +221,10 @@ def main(argv=None) -> None:
     ap.add_argument("--num-proc", type=int, default=1, help="processes for parsing the golds")
     ap.add_argument("--math500", default=None, help="also write the KL reference set (MATH-500 hub id or local "
                                                     "copy) to OUTDIR/kl_reference.jsonl")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ap.set_defaults(func=main)
+
+
+def main(args) -> None:
     log.info(describe_environment())
     from transformers import AutoTokenizer
 
@@ -237,7 +239,3 @@ def main(argv=None) -> None:
         reference = math500_reference(args.math500)
         write_jsonl(reference, Path(args.outdir) / "kl_reference.jsonl")
         log.info("KL reference: %d MATH-500 examples", len(reference))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,6 @@
 """The paper's figures, as PNGs, from the tables written by scalpel.tables."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -169,12 +168,16 @@ def scores_vs_step(scores: pd.DataFrame, primary: dict, runs: dict, out_png) -> 
     return axes
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Draw the figures from the tables written by scalpel.tables.")
+def add_parser(subparsers) -> None:
+    ap = subparsers.add_parser("plots", help="the paper's figures from the tables",
+                               description="Draw the figures from the tables written by scalpel.tables.")
     ap.add_argument("--tables", required=True, help="folder with scores.tsv, updates.tsv, update_module_means.tsv, summary.tsv")
     ap.add_argument("--spec", required=True, help="YAML with runs: {name: {method, checkpoint_steps}}, primary: {task: metric}")
     ap.add_argument("--outdir", required=True)
-    args = ap.parse_args(argv)
+    ap.set_defaults(func=main)
+
+
+def main(args) -> None:
     spec = yaml.safe_load(Path(args.spec).read_text())
     tables, out = Path(args.tables), Path(args.outdir)
 
@@ -184,7 +187,3 @@ def main(argv=None) -> None:
     scores_vs_step(read_tsv(tables / "scores.tsv"), spec["primary"], spec["runs"], out / "scores_by_step.png")
     if (tables / "kl.tsv").exists():
         kl_trajectories(read_tsv(tables / "kl.tsv"), out / "kl_trajectories.png")
-
-
-if __name__ == "__main__":
-    main()

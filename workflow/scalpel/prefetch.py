@@ -7,7 +7,6 @@ Tokens come only from the environment (HF_TOKEN or a stored `hf auth login`); no
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -145,8 +144,9 @@ def command_args(config: dict, part: str, include_path: str | None = None) -> li
     return [shlex.quote(a) for a in args]
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_parser(subparsers) -> None:
+    ap = subparsers.add_parser("prefetch", help="download the model, datasets and eval data into the HF cache "
+                                                "(needs network)", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="hub id or local folder of the base model")
     ap.add_argument("--model-revision", default=None)
     ap.add_argument("--dataset", default=None, help="hub id or local copy of OpenR1-Math-220k")
@@ -159,14 +159,12 @@ def main(argv=None) -> None:
     ap.add_argument("--nltk-data", default=(os.environ.get("NLTK_DATA") or "").split(os.pathsep)[0] or None,
                     help="where IFEval's punkt_tab goes (default: the first NLTK_DATA entry)")
     ap.add_argument("--out", required=True, help="manifest JSON to write")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ap.set_defaults(func=main)
+
+
+def main(args) -> None:
     log.info(hub.describe_environment())
     manifest = prefetch(args)
     with atomic_output(args.out) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     log.info("manifest %s:\n%s", args.out, json.dumps(manifest, indent=1))
-
-
-if __name__ == "__main__":
-    main()

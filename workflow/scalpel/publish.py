@@ -10,7 +10,6 @@ which are never the only copy of a finished checkpoint, and the rerun publishes 
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -107,17 +106,16 @@ def publish(spec_file, state_dir, checkpoint_dir, log_file, completions_dir=None
     clear_folder(state_dir)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m scalpel publish", description=__doc__.split("\n\n")[0])
+def add_parser(subparsers) -> None:
+    ap = subparsers.add_parser("publish", help="a finished training's checkpoints into the declared outputs, then "
+                                               "its state deleted", description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", required=True, help="the run's resolved spec.yaml")
     ap.add_argument("--state", required=True, help="the state folder training wrote")
     ap.add_argument("--checkpoints", required=True, help="declared output: one step-<N> folder per checkpoint")
     ap.add_argument("--log-history", required=True, help="declared output: the trainer's log history (JSON)")
     ap.add_argument("--completions", default=None, help="declared output (GRPO): the logged completions")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ap.set_defaults(func=main)
+
+
+def main(a) -> None:
     publish(a.spec, a.state, a.checkpoints, a.log_history, a.completions)
-
-
-if __name__ == "__main__":
-    main()

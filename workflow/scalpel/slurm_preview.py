@@ -1,6 +1,6 @@
 """What a Slurm profile would submit for a config, without submitting: one sbatch line per rule.
 
-`python -m scalpel.slurm_preview --configfile config/paper.yaml --profile profiles/slurm` plans the DAG with
+`python -m scalpel slurm-preview --configfile config/paper.yaml --profile profiles/slurm` plans the DAG with
 `snakemake -n -p` (in an empty folder, so that every job is planned) and builds each rule's sbatch call with the
 snakemake-executor-plugin-slurm's own functions from the resources the dry run reports; the `--wrap`/`--job-name`
 parts, which depend on the submission, are left out.
@@ -81,11 +81,15 @@ def sbatch_line(resources: dict, threads: int = 1) -> str:
     return line.split("--comment RULE ", 1)[1]
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m scalpel.slurm_preview", description=__doc__.split("\n\n")[0])
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("slurm-preview", help="the sbatch line of every rule of a study, without a cluster",
+                              description=__doc__.split("\n\n")[0])
     p.add_argument("--configfile", required=True)
     p.add_argument("--profile", default=str(ROOT / "profiles/slurm"))
-    a = p.parse_args(argv)
+    p.set_defaults(func=main)
+
+
+def main(a) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         jobs = dry_run_jobs(Path(a.configfile).resolve(), Path(a.profile).resolve(), workdir, dict(os.environ))
     counts: dict[str, int] = {}
@@ -98,7 +102,3 @@ def main(argv=None) -> None:
         seen.add(job["rule"])
         where = "local (no sbatch)" if job["local"] else sbatch_line(job["resources"], job["threads"])
         print(f"{job['rule']} x{counts[job['rule']]}: {where}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,6 @@
 """Gather eval scores and weight diffs into the tidy tables the figures and the report read."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -117,15 +116,19 @@ def ratios(summary: pd.DataFrame, runs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["numerator", "denominator", "ratio"])
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Aggregate eval TSVs and weight-diff parquets into tidy tables.")
+def add_parser(subparsers) -> None:
+    ap = subparsers.add_parser("tables", help="aggregate evals and diffs into tables",
+                               description="Aggregate eval TSVs and weight-diff parquets into tidy tables.")
     ap.add_argument("--eval", nargs="+", required=True, help="eval TSVs (run, step, task, metric, value, stderr)")
     ap.add_argument("--diff", nargs="+", required=True, help="diff parquets from scalpel.diff")
     ap.add_argument("--kl", nargs="*", default=[], help="KL JSONs from scalpel.kl")
     ap.add_argument("--authors", default=None, help="the authors' numbers (workflow/report/authors.yaml)")
     ap.add_argument("--spec", required=True, help="YAML with runs: {name: {method, checkpoint_steps}}, primary: {task: metric}")
     ap.add_argument("--outdir", required=True)
-    args = ap.parse_args(argv)
+    ap.set_defaults(func=main)
+
+
+def main(args) -> None:
     spec = yaml.safe_load(Path(args.spec).read_text())
     runs, primary = spec["runs"], spec["primary"]
 
@@ -148,7 +151,3 @@ def main(argv=None) -> None:
         authors = yaml.safe_load(Path(args.authors).read_text())
         write_tsv(compare(authors, spec.get("authors", {}), final_steps, scores, means, kl, methods),
                   out / "authors_comparison.tsv")
-
-
-if __name__ == "__main__":
-    main()

@@ -317,3 +317,17 @@ def run(spec_file: str, base: str, data_file: str, state_dir: str) -> None:
                     state_dir)
         raise SystemExit(128 + stopper.stopped_by)
     log.info("process %d: training of run %s finished, its state stamped in %s", rank, spec["name"], state_dir)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="one GRPO or SFT run from its resolved spec, into its state folder "
+                                            "(then publish)")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--state", required=True, help="trainer state, exported checkpoints and, once done, a stamp")
+    p.set_defaults(func=main)
+
+
+def main(args) -> None:
+    run(args.spec, args.base, args.data, args.state)

@@ -1,6 +1,6 @@
 """GRPO generation in vLLM's server mode, as the authors ran it: one GPU of the node serves, the others train.
 
-`python -m scalpel.vllm_server --model M [options] -- <training command>` starts TRL's vLLM server (the command
+`python -m scalpel vllm-server --model M [options] -- <training command>` starts TRL's vLLM server (the command
 `trl vllm-serve` builds: vLLM's own server with the weight-transfer endpoints the trainer pushes weights through) on
 the last GPU the job was given, runs the training command on the other GPUs with SCALPEL_VLLM_SERVER_URL pointing at
 it, and stops the server when training ends. The trainer waits for the server itself (TRL's
@@ -64,23 +64,22 @@ def run(train_cmd: list[str], model: str, port: int, gpu_memory_utilization: flo
             server.kill()
 
 
-def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        raise SystemExit("usage: python -m scalpel.vllm_server [options] -- <training command>")
-    split = argv.index("--")
-    p = argparse.ArgumentParser(prog="python -m scalpel.vllm_server", description=__doc__.split("\n\n")[0])
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("vllm-server", help="GRPO's vLLM server on the last GPU around a training command",
+                              description=__doc__.split("\n\n")[0],
+                              usage="scalpel vllm-server [options] -- <training command>")
     p.add_argument("--model", required=True, help="the base model folder (the policy's starting weights)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--server-log", default="vllm_server.log")
-    a = p.parse_args(argv[:split])
-    raise SystemExit(run(argv[split + 1:], a.model, a.port, a.gpu_memory_utilization, a.dtype, a.max_model_len,
+    p.add_argument("train_command", nargs=argparse.REMAINDER, help="-- then the training command")
+    p.set_defaults(func=main)
+
+
+def main(a) -> None:
+    if a.train_command[:1] != ["--"] or len(a.train_command) < 2:
+        raise SystemExit("usage: scalpel vllm-server [options] -- <training command>")
+    raise SystemExit(run(a.train_command[1:], a.model, a.port, a.gpu_memory_utilization, a.dtype, a.max_model_len,
                          a.server_log))
-
-
-if __name__ == "__main__":
-    main()
