@@ -1,0 +1,93 @@
+"""Run the 2-process ZeRO-3 training of tests/test_deepspeed.py N times under a CPU load; print how many passed.
+
+    python tests/stress/stress_zero3.py [-n 20] [--burners 2] [--workdir DIR]
+
+A run is the training rule's two commands, training under the launcher then publishing (run only when the launcher
+exited 0). It passes when both exit 0 and the run is published: checkpoints step-2 and step-4 with weights, the
+trainer log, and no state folder left. `--burners` busy-loop processes load the CPUs meanwhile (default: one per
+core), which makes exit-time races (a rank leaving while rank 0 still publishes) likelier. Not part of CI.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+
+from conftest import ROOT, write_tiny_study  # noqa: E402
+
+
+def _burn():
+    while True:
+        pass
+
+
+def _passed(run_dir: Path, returncode: int) -> tuple[bool, str]:
+    if returncode != 0:
+        return False, f"launcher exit {returncode}"
+    missing = [s for s in (2, 4) if not list((run_dir / f"checkpoints/step-{s}").glob("*.safetensors"))]
+    if missing:
+        return False, f"no published weights for steps {missing}"
+    if not (run_dir / "log.json").is_file():
+        return False, "no trainer log"
+    if (run_dir / "state").exists():
+        return False, "state folder left behind"
+    return True, "ok"
+
+
+def main(argv=None) -> None:
+    from scalpel import config, launch
+    from test_deepspeed import GLOBAL_BATCH, publish_command, sft_spec, train_args
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=20, help="training runs (default 20)")
+    ap.add_argument("--burners", type=int, default=os.cpu_count(), help="busy-loop processes (default: one per core)")
+    ap.add_argument("--workdir", default=None, help="default: a new temporary folder")
+    a = ap.parse_args(argv)
+
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="stress_zero3."))
+    work.mkdir(parents=True, exist_ok=True)
+    write_tiny_study(work)
+    spec = sft_spec(GLOBAL_BATCH // 2, True)
+    config.write_yaml(spec, work / "spec.yaml")
+    files = launch.write_launch_files(work / "launch", 3, 2, use_cpu=True, bf16=False, threshold=0,
+                                      main_process_port=0)
+    prefix = launch.train_command(spec["launch"], 2, files)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
+    burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(a.burners)]
+    for b in burners:
+        b.start()
+    passed = 0
+    try:
+        for i in range(a.n):
+            d = work / f"run{i:02d}"
+            cmd = [*map(str, prefix), *train_args(work / "spec.yaml", work / "base", work / "sft.jsonl", d)]
+            d.mkdir()
+            start = time.monotonic()
+            with open(d / "train.log", "w") as log:
+                proc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+                if proc.returncode == 0:
+                    proc = subprocess.run(publish_command(work / "spec.yaml", d), cwd=work, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT)
+            ok, why = _passed(d, proc.returncode)
+            passed += ok
+            print(f"run {i + 1:2d}/{a.n}: {'passed' if ok else 'FAILED'} ({why}) in {time.monotonic() - start:.0f} s"
+                  f" - {d / 'train.log'}", flush=True)
+    finally:
+        for b in burners:
+            b.terminate()
+    print(f"{passed} of {a.n} passed (burners: {a.burners}, cores: {os.cpu_count()}, work: {work})")
+
+
+if __name__ == "__main__":
+    main()
