@@ -124,7 +124,7 @@ def test_prefetch_command_args():
     assert prefetch.command_args(mini, "eval", "results/data/lm_eval_tasks") == [
         "--tasks", "mini_facts", "--include-path", "results/data/lm_eval_tasks"]
     spaced = _config(model__base="/models/my model")
-    assert prefetch.command_args(spaced, "model") == ["--model", "'/models/my model'"]
+    assert prefetch.command_args(spaced, "model") == ["--model", "/models/my model"]  # the rule quotes it
     with pytest.raises(ValueError, match="prefetch part 'weights'"):
         prefetch.command_args(paper, "weights")
 

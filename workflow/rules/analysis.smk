@@ -13,9 +13,9 @@ rule diff:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel diff --base {input.base} --checkpoint {params.checkpoint}"
-        " --dtype-mismatch {params.dtype_mismatch} --run {wildcards.run} --step {wildcards.step} --out {output}"
-        " > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scalpel diff --base {input.base:q} --checkpoint {params.checkpoint:q}"
+        " --dtype-mismatch {params.dtype_mismatch:q} --run {wildcards.run} --step {wildcards.step} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule analysis_spec:
@@ -55,9 +55,9 @@ rule tables:
     conda:
         "../../envs/report.yaml"
     shell:
-        "python -m scalpel tables --eval {input.evals} --diff {input.diffs} --kl {input.kl} --spec {input.spec}"
-        " --authors {input.authors}"
-        " --outdir $(dirname {output.summary}) > {log} 2>&1"
+        "python -m scalpel tables --eval {input.evals:q} --diff {input.diffs:q} --kl {input.kl:q}"
+        " --spec {input.spec:q} --authors {input.authors:q}"
+        " --outdir \"$(dirname {output.summary:q})\" > {log:q} 2>&1"
 
 
 rule plots:
@@ -91,8 +91,8 @@ rule plots:
     conda:
         "../../envs/report.yaml"
     shell:
-        "python -m scalpel plots --tables $(dirname {input.summary}) --spec {input.spec}"
-        " --outdir $(dirname {output.heatmaps}) > {log} 2>&1"
+        "python -m scalpel plots --tables \"$(dirname {input.summary:q})\" --spec {input.spec:q}"
+        " --outdir \"$(dirname {output.heatmaps:q})\" > {log:q} 2>&1"
 
 
 rule kl:
@@ -105,13 +105,13 @@ rule kl:
     params:
         checkpoint=get_checkpoint_path,
         dtype=config["model"]["dtype"],
-        limit=f"--limit {config['kl']['limit']}" if config["kl"]["limit"] else "",
+        limit=["--limit", config["kl"]["limit"]] if config["kl"]["limit"] else [],
     threads: 1
     log:
         "logs/kl/{run}/step-{step}.log",
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel kl --base {input.base} --checkpoint {params.checkpoint}"
-        " --reference {input.reference} --run {wildcards.run} --step {wildcards.step} --dtype {params.dtype}"
-        " {params.limit} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scalpel kl --base {input.base:q} --checkpoint {params.checkpoint:q}"
+        " --reference {input.reference:q} --run {wildcards.run} --step {wildcards.step} --dtype {params.dtype:q}"
+        " {params.limit:q} --out {output:q} > {log:q} 2>&1"

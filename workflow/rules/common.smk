@@ -83,7 +83,7 @@ def get_prefetch_input(wildcards):
 
 
 def get_prefetch_args(wildcards):
-    return " ".join(study_prefetch.command_args(config, wildcards.part, LOCAL_TASK_DIR))
+    return study_prefetch.command_args(config, wildcards.part, LOCAL_TASK_DIR)
 
 
 def checkpoints_of(run):
@@ -119,8 +119,8 @@ def get_eval_tasks(wildcards):
 def get_eval_chat_template(wildcards):
     """The base model's own template when eval.base_chat_template is own (the authors' choice); else the tokenizer's."""
     if wildcards.run == BASE and config["eval"]["base_chat_template"] == "own":
-        return f"--chat-template {base_model_dir()}/{OWN_TEMPLATE}"
-    return ""
+        return ["--chat-template", f"{base_model_dir()}/{OWN_TEMPLATE}"]
+    return []
 
 
 def get_eval_files(wildcards=None):
@@ -173,10 +173,8 @@ def get_train_launcher(wildcards, resources):
                 f"launch.nodes is {TRAIN_NODES}: ask for GPUs per node with the resource gres='gpu:N', not gpu=N"
                 " (the Slurm executor makes gpu --gpus, a total over the job that Slurm may split unevenly)"
             )
-        return (
-            f"python -m scalpel launch slurm --machines {TRAIN_NODES} --config-file {LAUNCH_FILES}"
-            f" --cpu-processes {DEEPSPEED['cpu_processes']}"
-        )
+        return ["python", "-m", "scalpel", "launch", "slurm", "--machines", TRAIN_NODES, "--config-file", LAUNCH_FILES,
+                "--cpu-processes", DEEPSPEED["cpu_processes"]]
     n = train_processes(resources, wildcards.run)
     launcher = study_launch.train_command(config["launch"], n, LAUNCH_FILES or None)
     if vllm_server_mode(wildcards.run):
@@ -185,7 +183,7 @@ def get_train_launcher(wildcards, resources):
             "--gpu-memory-utilization", str(VLLM["gpu_memory_utilization"]), "--dtype", config["model"]["dtype"],
             "--server-log", f"logs/train/{wildcards.run}.vllm_server.log", "--", *launcher,
         ]
-    return " ".join(launcher)
+    return launcher
 
 
 def get_train_omp_threads(wildcards, threads, resources):

@@ -22,7 +22,7 @@ rule prefetch:
         "../../envs/eval.yaml"
     shell:
         "env -u HF_HUB_OFFLINE -u HF_DATASETS_OFFLINE -u TRANSFORMERS_OFFLINE"
-        " python -m scalpel prefetch {params.args} --out {output} > {log} 2>&1"
+        " python -m scalpel prefetch {params.args:q} --out {output:q} > {log:q} 2>&1"
 
 
 if SYNTHETIC_DATA:
@@ -42,8 +42,8 @@ if SYNTHETIC_DATA:
         conda:
             "../../envs/data.yaml"
         shell:
-            "python -m scalpel data --synthetic '{params.synthetic}' --seed {params.seed}"
-            " --outdir $(dirname {output.pretrain}) --task-dir {output.tasks} > {log} 2>&1"
+            "python -m scalpel data --synthetic {params.synthetic:q} --seed {params.seed:q}"
+            " --outdir \"$(dirname {output.pretrain:q})\" --task-dir {output.tasks:q} > {log:q} 2>&1"
 
 else:
     OPENR1 = config["data"]["openr1"]
@@ -61,11 +61,11 @@ else:
             source=OPENR1["dataset"],
             config=OPENR1["config"],
             split=OPENR1["split"],
-            revision=f"--revision {OPENR1['revision']}" if OPENR1["revision"] else "",
+            revision=["--revision", OPENR1["revision"]] if OPENR1["revision"] else [],
             source_filter=OPENR1["source_filter"],
             max_prompt_tokens=OPENR1["max_prompt_tokens"],
             max_sft_tokens=OPENR1["max_sft_tokens"],
-            math500=f"--math500 {OPENR1['math500']}" if OPENR1["math500"] else "",
+            math500=["--math500", OPENR1["math500"]] if OPENR1["math500"] else [],
         threads: OPENR1["num_proc"]
         log:
             "logs/data/data.log",
@@ -73,6 +73,7 @@ else:
             "../../envs/data.yaml"
         shell:
             "python -m scalpel openr1 --source {params.source:q} --config {params.config:q} --split {params.split:q}"
-            " {params.revision} --source-filter {params.source_filter:q} --max-prompt-tokens {params.max_prompt_tokens}"
-            " --max-sft-tokens {params.max_sft_tokens} --num-proc {threads} {params.math500}"
-            " --tokenizer {input.tokenizer} --outdir $(dirname {output.grpo}) > {log} 2>&1"
+            " {params.revision:q} --source-filter {params.source_filter:q}"
+            " --max-prompt-tokens {params.max_prompt_tokens:q} --max-sft-tokens {params.max_sft_tokens:q}"
+            " --num-proc {threads} {params.math500:q} --tokenizer {input.tokenizer:q}"
+            " --outdir \"$(dirname {output.grpo:q})\" > {log:q} 2>&1"

@@ -8,11 +8,11 @@ rule evaluate:
     params:
         checkpoint=get_checkpoint_path,
         tasks=get_eval_tasks,
-        task_dir=f"--task-dir {LOCAL_TASK_DIR}" if LOCAL_TASK_DIR else "",
+        task_dir=["--task-dir", LOCAL_TASK_DIR] if LOCAL_TASK_DIR else [],
         backend=config["eval"]["backend"],
         dtype=config["model"]["dtype"],
         batch_size=config["eval"]["batch_size"],
-        limit=f"--limit {config['eval']['limit']}" if config["eval"]["limit"] else "",
+        limit=["--limit", config["eval"]["limit"]] if config["eval"]["limit"] else [],
         seed=config["seed"],
         gen_kwargs=json.dumps(config["eval"]["generation"]),
         num_fewshot=json.dumps(config["eval"]["num_fewshot"]),
@@ -27,10 +27,10 @@ rule evaluate:
     conda:
         "../../envs/eval.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel evaluate --checkpoint {params.checkpoint}"
-        " --tasks {params.tasks} {params.task_dir} --out {output} --run {wildcards.run}"
-        " --step {wildcards.step} --backend {params.backend} --dtype {params.dtype}"
-        " --batch-size {params.batch_size} {params.limit} --seed {params.seed}"
-        " --gen-kwargs '{params.gen_kwargs}' --num-fewshot '{params.num_fewshot}'"
-        " --model-args '{params.model_args}' --fewshot-as-multiturn '{params.multiturn}'"
-        " {params.chat_template} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scalpel evaluate --checkpoint {params.checkpoint:q}"
+        " --tasks {params.tasks:q} {params.task_dir:q} --out {output:q} --run {wildcards.run}"
+        " --step {wildcards.step} --backend {params.backend:q} --dtype {params.dtype:q}"
+        " --batch-size {params.batch_size:q} {params.limit:q} --seed {params.seed:q}"
+        " --gen-kwargs {params.gen_kwargs:q} --num-fewshot {params.num_fewshot:q}"
+        " --model-args {params.model_args:q} --fewshot-as-multiturn {params.multiturn:q}"
+        " {params.chat_template:q} > {log:q} 2>&1"

@@ -17,8 +17,9 @@ if BUILD_BASE:
         conda:
             "../../envs/train.yaml"
         shell:
-            "OMP_NUM_THREADS={threads} python -m scalpel base-model --build '{params.build}' --seed {params.seed}"
-            " --data $(dirname {input.pretrain}) --outdir {output.model} --log-history {output.history} > {log} 2>&1"
+            "OMP_NUM_THREADS={threads} python -m scalpel base-model --build {params.build:q} --seed {params.seed:q}"
+            " --data \"$(dirname {input.pretrain:q})\" --outdir {output.model:q}"
+            " --log-history {output.history:q} > {log:q} 2>&1"
 
 else:
 
@@ -30,12 +31,12 @@ else:
             model=directory("results/models/base"),
         params:
             source=config["model"]["base"],
-            revision=f"--revision {config['model']['revision']}" if config["model"]["revision"] else "",
+            revision=["--revision", config["model"]["revision"]] if config["model"]["revision"] else [],
             chat_template=config["model"]["chat_template"],
         log:
             "logs/base_model/base_model.log",
         conda:
             "../../envs/train.yaml"
         shell:
-            "python -m scalpel import-base --source {params.source:q} {params.revision}"
-            " --chat-template {params.chat_template} --outdir {output.model} > {log} 2>&1"
+            "python -m scalpel import-base --source {params.source:q} {params.revision:q}"
+            " --chat-template {params.chat_template:q} --outdir {output.model:q} > {log:q} 2>&1"

@@ -3,11 +3,11 @@ rule launch_files:
         "results/launch/accelerate.yaml",
     params:
         stage=DEEPSPEED["zero_stage"],
-        bf16="--bf16" if config["model"]["dtype"] == "bfloat16" else "",
+        bf16=["--bf16"] if config["model"]["dtype"] == "bfloat16" else [],
         threshold=(
-            f"--persistence-threshold {DEEPSPEED['param_persistence_threshold']}"
+            ["--persistence-threshold", DEEPSPEED["param_persistence_threshold"]]
             if DEEPSPEED["param_persistence_threshold"] is not None
-            else ""
+            else []
         ),
     log:
         "logs/launch_files/launch_files.log",
@@ -15,8 +15,8 @@ rule launch_files:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m scalpel launch files --stage {params.stage} --num-processes 1 {params.bf16} {params.threshold}"
-        " --outdir $(dirname {output}) > {log} 2>&1"
+        "python -m scalpel launch files --stage {params.stage:q} --num-processes 1 {params.bf16:q}"
+        " {params.threshold:q} --outdir \"$(dirname {output:q})\" > {log:q} 2>&1"
 
 
 rule run_spec:
@@ -36,10 +36,10 @@ rule run_spec:
 # Training writes only its state, outside the declared outputs, so that a failed job keeps it and the rerun resumes;
 # publishing fills the outputs only once the launcher has exited 0 (publish.py), and drops the state last.
 TRAIN_SHELL = (
-    "OMP_NUM_THREADS={params.omp_threads} {params.launcher} train --spec {input.spec} --base {input.base}"
-    " --data {input.data} --state {params.state} > {log} 2>&1"
-    " && python -m scalpel publish --spec {input.spec} --state {params.state} --checkpoints {output.checkpoints}"
-    " --log-history {output.history} {params.completions} >> {log} 2>&1"
+    "OMP_NUM_THREADS={params.omp_threads} {params.launcher:q} train --spec {input.spec:q} --base {input.base:q}"
+    " --data {input.data:q} --state {params.state:q} > {log:q} 2>&1"
+    " && python -m scalpel publish --spec {input.spec:q} --state {params.state:q}"
+    " --checkpoints {output.checkpoints:q} --log-history {output.history:q} {params.completions:q} >> {log:q} 2>&1"
 )
 
 
@@ -59,7 +59,7 @@ rule train_grpo:
         state=lambda wildcards: f"results/runs/{wildcards.run}/state",
         launcher=get_train_launcher,
         omp_threads=get_train_omp_threads,
-        completions=lambda wildcards, output: f"--completions {output.completions}",
+        completions=lambda wildcards, output: ["--completions", output.completions],
     threads: 1
     resources:
         **TRAIN_RESOURCES,
@@ -88,7 +88,7 @@ rule train_sft:
         state=lambda wildcards: f"results/runs/{wildcards.run}/state",
         launcher=get_train_launcher,
         omp_threads=get_train_omp_threads,
-        completions="",
+        completions=[],
     threads: 1
     resources:
         **TRAIN_RESOURCES,

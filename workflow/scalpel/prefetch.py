@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 from pathlib import Path
 
 from . import hub
@@ -125,8 +124,8 @@ PARTS = ("model", "data", "eval")
 
 
 def command_args(config: dict, part: str, include_path: str | None = None) -> list[str]:
-    """The arguments of `python -m scalpel prefetch` for one part of a study's config (shell-quoted): the base model,
-    the data (OpenR1 and MATH-500) or the eval tasks' datasets."""
+    """The arguments of `python -m scalpel prefetch` for one part of a study's config (the rule quotes them): the base
+    model, the data (OpenR1 and MATH-500) or the eval tasks' datasets."""
     model, data = config["model"], config["data"]
     args = []
     if part == "model" and model["base"] != "build":
@@ -141,7 +140,7 @@ def command_args(config: dict, part: str, include_path: str | None = None) -> li
         args += ["--tasks", ",".join(tasks)] + (["--include-path", include_path] if include_path else [])
     if part not in PARTS:
         raise ValueError(f"prefetch part {part!r}: expected one of {', '.join(PARTS)}")
-    return [shlex.quote(a) for a in args]
+    return args
 
 
 def add_parser(subparsers) -> None:
