@@ -1,7 +1,7 @@
 """The workflow on a real Slurm cluster through profiles/slurm-test, and a dry run of profiles/slurm.
 
 The `slurm` tests are skipped unless `sinfo` reaches a cluster; start the local one with
-`workflow/scripts/slurm/start-local-slurm.sh` (as root). Every Snakemake run is bounded by `timeout -s KILL`:
+`.ci/slurm/start-local-slurm.sh` (as root). Every Snakemake run is bounded by `timeout -s KILL`:
 a stuck Slurm executor ignores SIGTERM.
 """
 import os
@@ -28,9 +28,9 @@ def cluster():
     for probe in (["scontrol", "ping"], ["sinfo", "-h"]):
         try:
             if subprocess.run(probe, capture_output=True, timeout=30).returncode != 0:
-                pytest.skip("no Slurm cluster (workflow/scripts/slurm/start-local-slurm.sh)")
+                pytest.skip("no Slurm cluster (.ci/slurm/start-local-slurm.sh)")
         except (OSError, subprocess.TimeoutExpired):
-            pytest.skip("no Slurm cluster (workflow/scripts/slurm/start-local-slurm.sh)")
+            pytest.skip("no Slurm cluster (.ci/slurm/start-local-slurm.sh)")
 
 
 def snakemake(workdir: Path, *args: str, bound: int, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:

@@ -35,49 +35,11 @@ rule run_spec:
 
 # Training writes only its state, outside the declared outputs, so that a failed job keeps it and the rerun resumes;
 # publishing fills the outputs only once the launcher has exited 0 (publish.py), and drops the state last.
-TRAIN_SHELL = (
-    "OMP_NUM_THREADS={params.omp_threads} {params.launcher:q} train --spec {input.spec:q} --base {input.base:q}"
-    " --data {input.data:q} --state {params.state:q} > {log:q} 2>&1"
-    " && python -m scalpel publish --spec {input.spec:q} --state {params.state:q}"
-    " --checkpoints {output.checkpoints:q} --log-history {output.history:q} {params.completions:q} >> {log:q} 2>&1"
-)
-
-
-rule train_grpo:
-    input:
-        spec="results/runs/{run}/spec.yaml",
-        base=base_model_dir(),
-        data="results/data/grpo.jsonl",
-        launch=LAUNCH_FILES,
-    output:
-        checkpoints=directory("results/runs/{run}/checkpoints"),
-        completions=directory("results/runs/{run}/completions"),
-        history="results/runs/{run}/trainer_log.json",
-    wildcard_constraints:
-        run=method_constraint("grpo"),
-    params:
-        state=lambda wildcards: f"results/runs/{wildcards.run}/state",
-        launcher=get_train_launcher,
-        omp_threads=get_train_omp_threads,
-        completions=lambda wildcards, output: ["--completions", output.completions],
-    threads: 1
-    resources:
-        **TRAIN_RESOURCES,
-    log:
-        "logs/train/{run}.log",
-    benchmark:
-        "benchmarks/train/{run}.tsv"
-    conda:
-        "../../envs/train.yaml"
-    shell:
-        TRAIN_SHELL
-
-
 rule train_sft:
     input:
         spec="results/runs/{run}/spec.yaml",
         base=base_model_dir(),
-        data="results/data/sft.jsonl",
+        data=lambda wildcards: f"results/data/{RUNS[wildcards.run]['method']}.jsonl",
         launch=LAUNCH_FILES,
     output:
         checkpoints=directory("results/runs/{run}/checkpoints"),
@@ -88,7 +50,7 @@ rule train_sft:
         state=lambda wildcards: f"results/runs/{wildcards.run}/state",
         launcher=get_train_launcher,
         omp_threads=get_train_omp_threads,
-        completions=[],
+        completions=lambda wildcards, output: ["--completions", output.completions] if "completions" in output.keys() else [],
     threads: 1
     resources:
         **TRAIN_RESOURCES,
@@ -99,4 +61,17 @@ rule train_sft:
     conda:
         "../../envs/train.yaml"
     shell:
-        TRAIN_SHELL
+        "OMP_NUM_THREADS={params.omp_threads} {params.launcher:q} train --spec {input.spec:q} --base {input.base:q}"
+        " --data {input.data:q} --state {params.state:q} > {log:q} 2>&1"
+        " && python -m scalpel publish --spec {input.spec:q} --state {params.state:q}"
+        " --checkpoints {output.checkpoints:q} --log-history {output.history:q} {params.completions:q} >> {log:q} 2>&1"
+
+
+# GRPO: the same job, which also publishes the completions it logged.
+use rule train_sft as train_grpo with:
+    output:
+        checkpoints=directory("results/runs/{run}/checkpoints"),
+        completions=directory("results/runs/{run}/completions"),
+        history="results/runs/{run}/trainer_log.json",
+    wildcard_constraints:
+        run=method_constraint("grpo"),

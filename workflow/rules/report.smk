@@ -1,0 +1,78 @@
+# The tables and figures of the study, from every evaluation, diff and KL (envs/report.yaml).
+
+
+rule analysis_spec:
+    output:
+        "results/tables/spec.yaml",
+    params:
+        spec=analysis_spec(),
+    log:
+        "logs/analysis_spec/analysis_spec.log",
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/write_spec.py"
+
+
+rule tables:
+    input:
+        evals=get_eval_files(),
+        diffs=get_diff_files(),
+        kl=get_kl_files(),
+        spec="results/tables/spec.yaml",
+        authors=AUTHORS_NUMBERS,
+    output:
+        scores=report("results/tables/scores.tsv", caption="../report/scores.rst", category="Tables"),
+        updates=report("results/tables/updates.tsv", caption="../report/updates.rst", category="Tables"),
+        module_means="results/tables/update_module_means.tsv",
+        summary=report("results/tables/summary.tsv", caption="../report/summary.rst", category="Tables"),
+        ratios=report("results/tables/ratios.tsv", caption="../report/ratios.rst", category="Tables"),
+        kl=report("results/tables/kl.tsv", caption="../report/kl.rst", category="Tables"),
+        authors=report(
+            "results/tables/authors_comparison.tsv", caption="../report/authors_comparison.rst", category="Tables"
+        ),
+    log:
+        "logs/tables/tables.log",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m scalpel tables --eval {input.evals:q} --diff {input.diffs:q} --kl {input.kl:q}"
+        " --spec {input.spec:q} --authors {input.authors:q}"
+        " --outdir \"$(dirname {output.summary:q})\" > {log:q} 2>&1"
+
+
+rule plots:
+    input:
+        summary="results/tables/summary.tsv",
+        kl="results/tables/kl.tsv",
+        spec="results/tables/spec.yaml",
+    output:
+        heatmaps=report(
+            "results/figures/update_heatmaps.png",
+            caption="../report/update_heatmaps.rst",
+            category="Parameter updates",
+        ),
+        trajectories=report(
+            "results/figures/update_trajectories.png",
+            caption="../report/update_trajectories.rst",
+            category="Parameter updates",
+        ),
+        scores=report(
+            "results/figures/scores_final.png", caption="../report/scores_final.rst", category="Benchmarks"
+        ),
+        by_step=report(
+            "results/figures/scores_by_step.png", caption="../report/scores_by_step.rst", category="Benchmarks"
+        ),
+        kl=report(
+            "results/figures/kl_trajectories.png", caption="../report/kl_trajectories.rst", category="KL"
+        ),
+    log:
+        "logs/plots/plots.log",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m scalpel plots --tables \"$(dirname {input.summary:q})\" --spec {input.spec:q}"
+        " --outdir \"$(dirname {output.heatmaps:q})\" > {log:q} 2>&1"
