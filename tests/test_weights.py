@@ -153,6 +153,82 @@ def test_lockstep_chunks_reassemble(tmp_path, direct):
             assert torch.equal(torch.cat(parts[(g, 1)]), b[name])
 
 
+def test_for_each_chunk_sees_every_chunk_once_and_passes_errors_on(tmp_path):
+    t = torch.arange(60 * 8, dtype=torch.float32).view(60, 8)
+    save_file({"w": t, "v": -t}, tmp_path / "m.safetensors")
+    e = read_header(tmp_path / "m.safetensors")
+    seen = {}
+
+    def collect(worker, g, start, chunks):
+        seen[(g, start)] = [c.clone() for c in chunks]
+
+    with ChunkReader(chunk_bytes=64) as reader:  # 2 rows a chunk, 30 chunks a group
+        reader.for_each_chunk([[e["w"], e["v"]], [e["v"], e["w"]]], collect, workers=3)
+    assert len(seen) == 60
+    for g, (first, second) in enumerate([(t, -t), (-t, t)]):
+        assert torch.equal(torch.cat([seen[(g, r)][0] for r in range(0, 60, 2)]), first)
+        assert torch.equal(torch.cat([seen[(g, r)][1] for r in range(0, 60, 2)]), second)
+
+    def fail(worker, g, start, chunks):
+        if start == 20:
+            raise RuntimeError("chunk at row 20")
+
+    with ChunkReader(chunk_bytes=64) as reader, pytest.raises(RuntimeError, match="chunk at row 20"):
+        reader.for_each_chunk([[e["w"]]], fail, workers=2)
+
+
+def test_a_file_system_without_o_direct_is_read_buffered():
+    """tmpfs refuses O_DIRECT: the reader falls back to plain reads."""
+    import os
+    import tempfile
+    if not os.path.isdir("/dev/shm") or not hasattr(os, "O_DIRECT"):
+        pytest.skip("no tmpfs at /dev/shm to try")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+        t = torch.arange(4000, dtype=torch.float32).view(40, 100)
+        save_file({"w": t}, f"{folder}/m.safetensors")
+        try:
+            os.close(os.open(f"{folder}/m.safetensors", os.O_RDONLY | os.O_DIRECT))
+            pytest.skip("this /dev/shm accepts O_DIRECT")
+        except OSError:
+            pass
+        with ChunkReader(chunk_bytes=1000, direct=True) as reader:
+            entry = read_header(f"{folder}/m.safetensors")["w"]
+            assert torch.equal(reader.read(entry), t)
+            assert torch.equal(torch.cat([c[0].clone() for _, _, c in reader.lockstep([[entry]])]), t)
+
+
+def test_o_direct_refused_at_open_or_read_falls_back(tmp_path, monkeypatch):
+    """Where the file system refuses O_DIRECT (EINVAL at open, or at the first aligned read), plain reads serve."""
+    import errno
+    import os
+    t = torch.arange(3000, dtype=torch.bfloat16).view(30, 100)
+    save_file({"w": t}, tmp_path / "m.safetensors")
+    entry = read_header(tmp_path / "m.safetensors")["w"]
+    real_open, real_preadv = os.open, os.preadv
+    direct_fds = set()
+
+    def refusing_open(path, flags, *args):
+        if flags & os.O_DIRECT and refuse == "open":
+            raise OSError(errno.EINVAL, "O_DIRECT refused")
+        fd = real_open(path, flags, *args)
+        (direct_fds.add if flags & os.O_DIRECT else direct_fds.discard)(fd)  # numbers are reused after close
+        return fd
+
+    def refusing_preadv(fd, buffers, offset):
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "unaligned")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "preadv", refusing_preadv)
+    for refuse in ("open", "read"):
+        direct_fds.clear()
+        with ChunkReader(chunk_bytes=512, direct=True) as reader:
+            assert torch.equal(torch.cat([c[0].clone() for _, _, c in reader.lockstep([[entry]])]), t)
+            assert torch.equal(reader.read(entry), t)
+            assert not any(direct for _, direct in reader._fds.values())
+
+
 def test_truncated_file_is_named(tmp_path):
     save_file({"w": torch.ones(64, 64)}, tmp_path / "model.safetensors")
     data = (tmp_path / "model.safetensors").read_bytes()

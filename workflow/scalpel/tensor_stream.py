@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import struct
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -150,6 +152,8 @@ class ChunkReader:
             raise ValueError(f"chunk_bytes must be positive, not {chunk_bytes}")
         self.chunk_bytes, self.direct = chunk_bytes, direct and hasattr(os, "O_DIRECT")
         self._fds: dict[Path, tuple[int, bool]] = {}
+        self._fds_lock = threading.Lock()
+        self._retired: list[int] = []
         self._pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="chunk-reader")
         self._buffers: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -158,13 +162,18 @@ class ChunkReader:
 
     def __exit__(self, *exc):
         self._pool.shutdown(wait=True)
-        for fd, _ in self._fds.values():
+        for fd in [fd for fd, _ in self._fds.values()] + self._retired:
             os.close(fd)
         self._fds.clear()
+        self._retired.clear()
         self._buffers.clear()
 
     def _fd(self, path: Path) -> tuple[int, bool]:
         """An open file descriptor for `path`, and whether it reads O_DIRECT."""
+        with self._fds_lock:
+            return self._open(path)
+
+    def _open(self, path: Path) -> tuple[int, bool]:
         if path not in self._fds:
             fd, direct = None, False
             if self.direct:
@@ -201,9 +210,11 @@ class ChunkReader:
                 _read_exactly(fd, memoryview(buf.numpy())[:hi - lo], lo, path, needed=offset + nbytes - lo)
                 return buf[offset - lo:offset - lo + nbytes]
             except OSError:  # alignment refused after all: read this file buffered from now on
-                os.close(fd)
-                self._fds[path] = (os.open(path, os.O_RDONLY), False)
-                fd = self._fds[path][0]
+                with self._fds_lock:
+                    if self._fds[path] == (fd, True):
+                        self._fds[path] = (os.open(path, os.O_RDONLY), False)
+                        self._retired.append(fd)  # another thread may still be reading it: close at exit
+                    fd = self._fds[path][0]
         _read_exactly(fd, memoryview(buf.numpy())[:nbytes], offset, path)
         return buf[:nbytes]
 
@@ -219,32 +230,77 @@ class ChunkReader:
         """The whole tensor, in a fresh (rows, cols) tensor of its dtype."""
         return self._read_rows(entry, 0, entry.rows, self._buffer(None, entry.nbytes))
 
+    def _jobs(self, groups: Sequence[Sequence[TensorEntry]]):
+        """(group, first row, end row) of every chunk: rows of `chunk_bytes` (of the widest tensor) at most."""
+        for g, group in enumerate(groups):
+            if len({e.rows for e in group}) != 1:
+                raise ValueError("lockstep tensors differ in rows: "
+                                 + ", ".join(f"{e.name} {list(e.shape)} in {e.file}" for e in group))
+            step = max(1, self.chunk_bytes // max(e.row_bytes for e in group))
+            for start in range(0, group[0].rows, step):
+                yield g, start, min(start + step, group[0].rows)
+
+    def _read_job(self, groups, job, slot) -> list:
+        """Futures of the chunk of each tensor of a job, read in parallel into the buffers of `slot`."""
+        g, start, stop = job
+        return [self._pool.submit(self._read_rows, e, start, stop,
+                                  self._buffer((slot, i), (stop - start) * e.row_bytes))
+                for i, e in enumerate(groups[g])]
+
     def lockstep(self, groups: Sequence[Sequence[TensorEntry]]) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
         """For each group (tensors with the same number of rows, one per file), its rows chunk by chunk:
         (group index, first row, [chunk of each tensor]). A chunk is valid until the next one is asked for."""
-        def jobs():
-            for g, group in enumerate(groups):
-                rows = {e.rows for e in group}
-                if len(rows) != 1:
-                    raise ValueError("lockstep tensors differ in rows: "
-                                     + ", ".join(f"{e.name} {list(e.shape)} in {e.file}" for e in group))
-                step = max(1, self.chunk_bytes // max(e.row_bytes for e in group))
-                for start in range(0, group[0].rows, step):
-                    yield g, start, min(start + step, group[0].rows)
-
-        def submit(job, slot):
-            g, start, stop = job
-            return job, [self._pool.submit(self._read_rows, e, start, stop,
-                                           self._buffer((slot, i), (stop - start) * e.row_bytes))
-                         for i, e in enumerate(groups[g])]
-
-        todo = jobs()
+        todo = self._jobs(groups)
         job = next(todo, None)
-        pending, slot = (submit(job, 0) if job else None), 0
+        pending, slot = ((job, self._read_job(groups, job, 0)) if job else None), 0
         while pending is not None:
             (g, start, _), futures = pending
             chunks = [f.result() for f in futures]
             job = next(todo, None)
             slot = 1 - slot  # read the next chunk into the other buffers while the caller uses these
-            pending = submit(job, slot) if job else None
+            pending = (job, self._read_job(groups, job, slot)) if job else None
             yield g, start, chunks
+
+    def for_each_chunk(self, groups: Sequence[Sequence[TensorEntry]], work: Callable, workers: int) -> None:
+        """work(worker, group index, first row, [chunk of each tensor]) for every chunk of `lockstep`, on `workers`
+        threads that take chunks as they come (no barrier between them), while the reads run ahead into
+        workers + 2 buffer sets. The first exception raised by `work` stops the pass and is raised here."""
+        slots = workers + 2
+        free: queue.Queue = queue.Queue()
+        for slot in range(slots):
+            free.put(slot)
+        ready: queue.Queue = queue.Queue()
+        failed: list[BaseException] = []
+
+        def produce():
+            try:
+                for job in self._jobs(groups):
+                    slot = free.get()
+                    if failed:
+                        break
+                    ready.put((slot, job, [f.result() for f in self._read_job(groups, job, slot)]))
+            except BaseException as err:  # noqa: BLE001 - handed to the caller below
+                failed.append(err)
+            finally:
+                for _ in range(workers):
+                    ready.put(None)
+
+        def consume(worker: int):
+            while (item := ready.get()) is not None:
+                slot, (g, start, _), chunks = item
+                try:
+                    if not failed:
+                        work(worker, g, start, chunks)
+                except BaseException as err:  # noqa: BLE001 - handed to the caller below
+                    failed.append(err)
+                finally:
+                    free.put(slot)
+
+        threads = [threading.Thread(target=produce, name="chunk-producer")]
+        threads += [threading.Thread(target=consume, args=(w,), name=f"chunk-worker-{w}") for w in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failed:
+            raise failed[0]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -202,7 +202,8 @@ class _UpdateStats:
             else:
                 self.n_differ += int(torch.count_nonzero(differ))
                 updated = _updated(delta, base_f, c, self.rtol, out=ws.get("updated", b.shape, torch.bool))
-            torch.where(updated, code, code | _NONFINITE[c.dtype], out=spread[at:at + n].view(b.shape))
+            spread_slice = torch.bitwise_or(code, _NONFINITE[c.dtype], out=spread[at:at + n].view(b.shape))
+            torch.where(updated, code, spread_slice, out=spread_slice)
             at += n
         self.hist_all += torch.bincount(codes, minlength=_BINS)
         block = torch.bincount(spread, minlength=_BINS)
@@ -296,33 +297,35 @@ def _check_fraction(name: str, value: float, upper: float = 1.0) -> None:
 
 def _stream(groups: list[list[TensorEntry]], new_stats, threads: int | None, chunk_bytes: int,
             direct: bool) -> list:
-    """Every matrix's rows, chunk by chunk in lockstep over the folders, each chunk split across `threads` compute
-    threads (default: torch's thread count), each with its own stats; the merged stats of each matrix.
+    """The stats of every matrix: its rows read chunk by chunk in lockstep over the folders, each chunk added by
+    one of `threads` compute threads (default: torch's thread count) into that thread's stats for the matrix,
+    merged when the matrix's last row is in.
 
-    Torch's own intra-op threads are set to 1 meanwhile (restored after): many small parallel regions of OpenMP
-    threads stall badly on a shared machine, while whole slices per thread do not."""
+    Torch's own intra-op threads are set to 1 meanwhile (restored after): on a shared machine many small OpenMP
+    parallel regions stall on their slowest thread, while whole chunks per thread do not."""
     threads = threads or torch.get_num_threads()
     workspaces = [_Workspace() for _ in range(threads)]
+    partial: list[dict] = [{} for _ in range(threads)]  # per thread: matrix -> stats
+    rows_done = [0] * len(groups)
     results = [None] * len(groups)
+    lock = threading.Lock()
+
+    def work(worker: int, g: int, _, chunks) -> None:
+        stats = partial[worker].setdefault(g, new_stats(g))
+        stats.add(workspaces[worker], *chunks)
+        with lock:
+            rows_done[g] += chunks[0].shape[0]
+            if rows_done[g] == groups[g][0].rows:  # all of the matrix is in: merge what each thread has
+                parts = [p.pop(g) for p in partial if g in p]
+                for part in parts[1:]:
+                    parts[0].merge(part)
+                results[g] = parts[0]
+
     intra_op = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ChunkReader(chunk_bytes, direct, streams=len(groups[0])) as reader, \
-                ThreadPoolExecutor(threads, thread_name_prefix="weights") as pool:
-            current, parts = None, []
-            for g, first_row, chunks in reader.lockstep(groups):
-                if g != current:
-                    current, parts = g, [new_stats(g) for _ in range(threads)]
-                    results[g] = parts[0]
-                rows = chunks[0].shape[0]
-                step = -(-rows // threads)
-                futures = [pool.submit(part.add, ws, *[c[start:start + step] for c in chunks])
-                           for part, ws, start in zip(parts, workspaces, range(0, rows, step))]
-                for f in futures:
-                    f.result()
-                if first_row + rows == groups[g][0].rows:  # the matrix's last chunk
-                    for part in parts[1:]:
-                        parts[0].merge(part)
+        with ChunkReader(chunk_bytes, direct, streams=len(groups[0])) as reader:
+            reader.for_each_chunk(groups, work, threads)
     finally:
         torch.set_num_threads(intra_op)
     return [r if r is not None else new_stats(g) for g, r in enumerate(results)]
@@ -399,10 +402,11 @@ def decompose(w: torch.Tensor, k: int, method: str = "full", niter: int = 4, ove
 
     "lowrank" takes the vectors from torch.svd_lowrank (randomized subspace iteration, Halko, Martinsson & Tropp,
     arXiv 0909.4061, Alg. 5.1; q = k + oversample columns, niter power iterations), the values still from svdvals.
-    It is not the default for a reason: on a 1024 x 2752 Gaussian matrix (a flat spectrum, small gaps at k) its
-    top-16 subspace is 75-80 degrees off the exact one, and top-64 is 15-22 degrees off even on a decaying
-    spectrum (workflow/scripts/benchmark_weight_pass.py --lowrank-error); float32 "full" agrees with float64 to a
-    few thousandths of a degree."""
+    It is not the default for a reason: on a 1024 x 2752 Gaussian matrix (flat spectrum, small gaps at k), the
+    top-16 subspaces of W and of W + a 0.1% update come out 86 degrees apart where the exact angle is 0.53; with a
+    decaying spectrum top-16 is right but top-64 reads 10.5 degrees for 0.27 (the benchmark's table,
+    workflow/scripts/benchmark_weight_pass.py). float32 "full" agrees with float64 to a few thousandths of a
+    degree."""
     if method == "full":
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         return s, u[:, :k].clone(), vh[:k].T.clone()  # clones: let the full factors go

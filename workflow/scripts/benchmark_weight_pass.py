@@ -1,13 +1,53 @@
 """Cost of scalpel.weights at paper scale: a 7B-shaped bf16 pair (OLMo-2-1124-7B shapes, random weights, a known
-perturbation) against a raw read of the same files.
+perturbation: every 3rd element of each projection moved one bf16 ulp) against a raw read of the same files.
 
-RESULTS: (filled in below from the measured run)
+RESULTS (2026-12-01; a 2-core "Intel Xeon Processor" VM, AVX-512, 23.5 GiB RAM, ext4 on virtio, torch 2.13.0+cpu,
+shared with three other agents: load average 4-10 throughout, so wall times are the scheduler's as much as ours;
+CPU seconds are the steadier measure. Page cache dropped before every timing.)
+Pair: 2 x 13.6 GiB (29.2 GB), 224 projection matrices = 6.47e9 element pairs read of 7.3e9.
+                                     wall s   CPU s   peak RSS (anon + file)   vs raw read (buffered dd)
+  raw read, dd x 2 parallel          30.4     18.8    -                        1
+  raw read, dd iflag=direct          27.6      1.3    -
+  update_metrics (non-spectral)     116.3     54.1    0.52 GiB                 3.8 (load 7.3)
+    again, raw read 38.1 s          101.8     44.3    0.51 GiB                 2.7 (load 3.8 -> 7)
+    again, both at nice -10          90.3     38.6    0.51 GiB                 1.15 (raw 78.5 s: the disk was busy too)
+  run_alignment, 3 folders          115.6     52.2    0.52 GiB                 1.35 (raw 3 x dd 85.9 s; direct 43.5 s)
+  diff.relative_updates (mmap), from the research notes: about 3x the raw read, 22-23 GiB RSS (1 layer here: 4.5 s,
+    1.3 GiB, against 1.1 s and 0.47 GiB for update_metrics).
+(The first two update runs and the alignment run split each chunk across the two threads with a barrier; the
+nice -10 run is the committed code, where each thread takes whole chunks as they come.)
+The pass is CPU-bound here: 39-54 CPU-s for 6.47e9 pairs (6-8 ns a pair; the O_DIRECT reads cost ~1 CPU-s, where
+buffered reads cost dd 19). Projected for two cores of its own: ~20-27 s of compute overlapping ~28 s of reading,
+within 2x of the raw read; measured on this shared VM it met 2x in one run of three. Memory meets the 4 GiB bound
+eight times over (no mmap, no page cache: O_DIRECT into reused buffers).
 
-Usage (not part of CI; writes ~15 GB per checkpoint under --root, deleted unless --keep):
-    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wbench7b              # full 32 layers
-    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wb2 --layers 2        # a quick check at 2 layers
-Dropping the page cache before each timing needs root (`sync; echo 3 > /proc/sys/vm/drop_caches`); without it the
-timings say "warm cache".
+Spectral metrics, float32, one thread (MKL with 2 threads under this load was 10-20x slower: keep
+OMP_NUM_THREADS at the cores a job owns), CPU seconds per matrix:
+                     svdvals   full SVD (decompose)   svd_lowrank k=64 (+ svdvals)
+  4096 x 4096          3.2         14.9                    3.5
+  11008 x 4096         6.7         22.5                    7.9
+spectral_metrics end to end on one 7B layer (base + one checkpoint, 7 matrices): 354 CPU-s (455 s wall), 1.41 GiB
+peak RSS. At 32 layers: the base's SVDs ~68 CPU-min once, then ~85-120 CPU-min per checkpoint (SVD of W',
+svdvals of dW): about 3 h for the base and one checkpoint on one core of this CPU.
+svd_lowrank's subspaces are not usable (1024 x 2752, q = k + 16, 4 power iterations; largest principal angle
+between the top-k subspaces of W and W + a random update, degrees):
+  spectrum   update   k=16: float64  float32  lowrank     k=64: float64  float32  lowrank
+  flat       1e-3            0.531    0.530    86.1              0.862    0.853    89.3
+  flat       3e-2           13.12    13.12     89.5             17.28    17.28     89.8
+  decaying   1e-3            0.0260   0.0262    0.0261           0.265    0.266    10.5
+  decaying   3e-2            0.838    0.838     0.838            5.754    5.753    12.9
+float32 is as good as float64 for the angles and for nss down to ~1e-6 (nss 2.6e-7 vs 1.9e-7 at a 1e-5 update).
+Recommendation: spectral metrics for the final checkpoint of each run, all finals in one spectral_metrics call
+(the base is decomposed once): a CPU job of 16 cores, 8 GB, 4 h (not measured at 16 threads; one core: 5-7 h for
+the base and three finals), or a GPU job (cuSOLVER; not measured here). The streamed passes fit a 1-2 core,
+2 GB job for every checkpoint.
+
+Usage (not part of CI; writes 13.6 GiB per checkpoint under --root, deleted unless --keep):
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wbench7b --with-align    # full 32 layers
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wb1 --layers 1 --with-diff --spectral-pass 1
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/x --layers 1 --spectral-threads 1 --lowrank-error
+Dropping the page cache before each timing needs root (`sync; echo 3 > /proc/sys/vm/drop_caches`); without it
+the report says cache_dropped: false and the reads are warm.
 """
 from __future__ import annotations
 
@@ -122,7 +162,10 @@ def raw_read(folders: list[Path], direct: bool = False) -> dict:
 CHILD = """
 import json, os, resource, sys, time
 sys.path.insert(0, {workflow!r})
+import torch
 from scalpel import weights, diff
+if {threads}:
+    torch.set_num_threads({threads})
 load = os.getloadavg()[0]
 t0, c0 = time.perf_counter(), time.process_time()
 df = {call}
@@ -134,10 +177,10 @@ print(json.dumps({{"wall_s": seconds, "cpu_s": cpu, "load_before": load,
 """
 
 
-def timed_child(call: str) -> dict:
+def timed_child(call: str, threads: int = 0) -> dict:
     """Run `call` (a scalpel expression) in a fresh Python: wall and CPU seconds of the call, peak RSS of the
     process (ru_maxrss: anonymous and file-backed pages, what a memory-mapped read inflates), the result table."""
-    code = CHILD.format(workflow=str(ROOT / "workflow"), call=call)
+    code = CHILD.format(workflow=str(ROOT / "workflow"), call=call, threads=threads)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     import pandas as pd
@@ -205,6 +248,8 @@ def main() -> None:
     ap.add_argument("--with-diff", action="store_true", help="also time scalpel.diff.relative_updates (mmap)")
     ap.add_argument("--with-align", action="store_true", help="write a second checkpoint and time run_alignment")
     ap.add_argument("--spectral-threads", type=int, nargs="*", default=[], help="time the SVDs with these threads")
+    ap.add_argument("--spectral-pass", type=int, default=0, metavar="THREADS",
+                    help="time spectral_metrics on the pair with this many threads (use with --layers 1)")
     ap.add_argument("--lowrank-error", action="store_true", help="svd_lowrank and float32 against float64")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument("--out", type=Path, help="write the report here (JSON)")
@@ -258,6 +303,13 @@ def main() -> None:
             log("run_alignment", res)
             # B moves every 2s-th element, A every s-th: B's mask is half of A's (up to the ragged ends)
             log("align_jaccard_range", [al.jaccard.min(), al.jaccard.max()])
+        if args.spectral_pass:
+            res = timed_child(f"weights.spectral_metrics({str(base)!r}, {{'a': {str(ckpt)!r}}})", args.spectral_pass)
+            sp = res.pop("table")
+            res["matrices"] = len(sp)
+            res["cpu_s_per_matrix_incl_base_svd"] = res["cpu_s"] / len(sp)
+            log("spectral_metrics", res)
+            log("spectral_nss_range", [sp.nss.min(), sp.nss.max()])
     finally:
         if not args.keep:
             for folder, _ in folders:
