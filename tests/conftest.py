@@ -13,10 +13,11 @@ TINY_WORLD = {"max_operand": 9, "train_problems": 32, "eval_problems": 2, "entit
 
 def write_tiny_study(folder: Path) -> None:
     """A tiny untrained OLMo-2 base model in folder/base and 32 worked solutions in folder/sft.jsonl."""
-    from scalpel import data, model
+    from scalpel import model, synthetic
+    from scalpel.io import write_jsonl
 
-    world = data.build_world(0, TINY_WORLD)
-    tok = model.build_tokenizer(data.corpus_lines(world), 300)
+    world = synthetic.build_world(0, TINY_WORLD)
+    tok = model.build_tokenizer(synthetic.corpus_lines(world), 300)
     model.build_model(tok, TINY_BUILD, seed=0).save_pretrained(folder / "base")
     tok.save_pretrained(folder / "base")
-    data.write_jsonl(world["sft"], folder / "sft.jsonl")
+    write_jsonl(world["sft"], folder / "sft.jsonl")

@@ -112,6 +112,34 @@ def test_train_command():
         launch.train_command(ds, 2)
 
 
+def test_train_launcher_of_each_job_shape():
+    cfg = {"nodes": 1, "deepspeed": {"enabled": True, "cpu_processes": 2},
+           "vllm": {"enabled": True, "mode": "server", "gpu_memory_utilization": 0.7}}
+    files = dict(config_file="l.yaml", base_model="b", dtype="bfloat16", server_log="s.log")
+    accelerate = lambda n: ["accelerate", "launch", "--config_file", "l.yaml", "--num_processes", n, "-m", "scalpel"]  # noqa: E731
+    assert launch.train_launcher(cfg, "sft", {"gpu": 8}, **files) == accelerate("8")
+    assert launch.train_launcher(cfg, "sft", {"gres": "gpu:h100:4"}, **files) == accelerate("4")
+    assert launch.train_launcher(cfg, "sft", {}, **files) == accelerate("2")  # CPU job: launch.deepspeed.cpu_processes
+    # GRPO in vLLM server mode: the last GPU serves, the others train.
+    assert launch.train_launcher(cfg, "grpo", {"gpu": 8}, **files) == [
+        "python", "-m", "scalpel", "vllm-server", "--model", "b", "--gpu-memory-utilization", "0.7", "--dtype",
+        "bfloat16", "--server-log", "s.log", "--", *accelerate("7")]
+    with pytest.raises(ValueError, match="2 or more GPUs"):
+        launch.train_processes(cfg, "grpo", {"gpu": 1})
+    plain = {**cfg, "deepspeed": {"enabled": False, "cpu_processes": 2}}
+    assert launch.train_launcher(plain, "sft", {"gpu": 8}, **files) == ["python", "-m", "scalpel"]
+    assert launch.train_processes(plain, "sft", {"gpu": 8}) == 1
+    # Several nodes: one launcher per node through srun, GPUs asked per node (gres), never as a job total.
+    nodes = {**cfg, "nodes": 2}
+    assert launch.train_launcher(nodes, "sft", {"gres": "gpu:8"}, **files) == [
+        "python", "-m", "scalpel", "launch", "slurm", "--machines", "2", "--config-file", "l.yaml",
+        "--cpu-processes", "2"]
+    with pytest.raises(ValueError, match="gres='gpu:N', not gpu=N"):
+        launch.train_launcher(nodes, "sft", {"gpu": 8}, **files)
+    assert launch.train_job_resources(nodes) == {"nodes": 2, "tasks": 2, "tasks_per_gpu": 0, "mpi": "srun"}
+    assert launch.train_job_resources(cfg) == {}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # One real run: ZeRO-3 over gloo with 2 CPU processes against plain python with 1
 
@@ -237,7 +265,7 @@ def assert_same_training(base_dir: Path, plain_dir: Path, zero3_dir: Path) -> No
 
 @pytest.mark.integration
 def test_zero3_two_processes_match_one_process(tmp_path):
-    from scalpel import config
+    from scalpel.io import write_yaml
 
     write_tiny_study(tmp_path)
 
@@ -246,7 +274,7 @@ def test_zero3_two_processes_match_one_process(tmp_path):
         d = tmp_path / name
         d.mkdir()
         s = sft_spec(GLOBAL_BATCH // nproc, nproc > 1)
-        config.write_yaml(s, d / "spec.yaml")
+        write_yaml(s, d / "spec.yaml")
         files, probe_env = None, {}
         if nproc > 1:
             files = launch.write_launch_files(d / "launch", 3, nproc, use_cpu=True, bf16=False, threshold=0,

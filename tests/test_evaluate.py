@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from scalpel import data, evaluate, tasks
+from scalpel import evaluate, synthetic, tasks
 
 
 def test_normalise_lm_eval_results():
@@ -39,7 +39,7 @@ def test_task_yamls_load_in_lm_eval(tmp_path):
 
     cfg = dict(max_operand=9, entities=8, eval_problems=4, instruction_probes=4, train_problems=20, pretrain_worked_fraction=0.1,
                pretrain_math_levels=[1], train_levels=[1, 2])
-    data.write_world(0, cfg, tmp_path)
+    synthetic.write_world(0, cfg, tmp_path)
     names = tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50)
     manager = TaskManager(include_path=str(tmp_path / "tasks"))
     loaded = manager.load(names)["tasks"]
@@ -76,7 +76,7 @@ def test_generation_and_fewshot_settings_reach_lm_eval(tmp_path):
     from conftest import TINY_WORLD, write_tiny_study
 
     write_tiny_study(tmp_path)
-    data.write_world(0, TINY_WORLD, tmp_path)
+    synthetic.write_world(0, TINY_WORLD, tmp_path)
     tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50)
     gen = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "max_gen_toks": 5}
     table, res = evaluate.evaluate(str(tmp_path / "base"), ["mini_math_l1", "mini_facts"], str(tmp_path / "tasks"),
@@ -94,7 +94,7 @@ def test_single_turn_fewshot_reaches_lm_eval(tmp_path):
     from conftest import TINY_WORLD, write_tiny_study
 
     write_tiny_study(tmp_path)
-    data.write_world(0, TINY_WORLD, tmp_path)
+    synthetic.write_world(0, TINY_WORLD, tmp_path)
     tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50)
     _, res = evaluate.evaluate(str(tmp_path / "base"), ["mini_facts"], str(tmp_path / "tasks"), run="base", step=0,
                                limit=1, num_fewshot={"mini_facts": 2}, fewshot_as_multiturn={"mini_facts": False})

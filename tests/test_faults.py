@@ -221,7 +221,8 @@ def _corrupt(models: Path, tmp_path: Path, how: str) -> Path:
 @pytest.mark.parametrize("how", ["truncated", "garbled"])
 @pytest.mark.parametrize("stage", ["diff", "kl", "evaluate"])
 def test_corrupt_weights_stop_every_reader_naming_the_file(models, tmp_path, stage, how):
-    from scalpel import cli, data
+    from scalpel import cli
+    from scalpel.io import read_jsonl
 
     weights = _corrupt(models, tmp_path, how)
     ckpt, out = str(weights.parent), tmp_path / "out" / "step-2.result"
@@ -229,7 +230,7 @@ def test_corrupt_weights_stop_every_reader_naming_the_file(models, tmp_path, sta
     args = {"diff": ["diff", "--base", base, "--checkpoint", ckpt],
             "kl": ["kl", "--base", base, "--checkpoint", ckpt, "--reference", reference],
             "evaluate": ["evaluate", "--checkpoint", ckpt, "--tasks", "mini_math_l1"]}[stage]
-    assert data.read_jsonl(reference)  # KL would read it: the weights alone are at fault
+    assert read_jsonl(reference)  # KL would read it: the weights alone are at fault
     with pytest.raises(ValueError) as err:
         cli.main([*args, "--run", "sft", "--step", "2", "--out", str(out)])
     assert str(err.value).startswith(f"{weights}: unreadable safetensors file"), err.value

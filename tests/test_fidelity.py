@@ -2,7 +2,7 @@
 import pytest
 
 from conftest import ROOT
-from scalpel import data, evaluate, lm_backends, tasks
+from scalpel import evaluate, lm_backends, synthetic, tasks
 from scalpel.chat import OWN_TEMPLATE
 
 PAPER = ROOT / "config/paper.yaml"
@@ -22,7 +22,7 @@ def study(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("fidelity")
     write_tiny_study(folder)
-    data.write_world(0, TINY_WORLD, folder)
+    synthetic.write_world(0, TINY_WORLD, folder)
     tasks.write_tasks(folder, folder / "tasks", max_gen_toks=8)
     return folder
 

@@ -10,6 +10,7 @@ import yaml
 
 from conftest import ROOT, write_tiny_study
 from scalpel import config, launch, slurm_preview
+from scalpel.io import write_yaml
 from test_deepspeed import GLOBAL_BATCH, _run, assert_same_training, publish_command, sft_spec, train_args
 from test_slurm import SMOKE, cluster, planned_resources, snakemake  # noqa: F401 (fixture)
 
@@ -77,7 +78,7 @@ def test_two_machines_in_a_slurm_job_train_as_one_process(cluster, tmp_path):  #
     plain, machines = tmp_path / "plain", tmp_path / "machines"
     for d, per_device, deepspeed in ((plain, GLOBAL_BATCH, False), (machines, GLOBAL_BATCH // 2, True)):
         d.mkdir()
-        config.write_yaml(sft_spec(per_device, deepspeed), d / "spec.yaml")
+        write_yaml(sft_spec(per_device, deepspeed), d / "spec.yaml")
     args = lambda d: train_args(d / "spec.yaml", tmp_path / "base", tmp_path / "sft.jsonl", d)  # noqa: E731
     _run([sys.executable, "-m", "scalpel", *args(plain)], tmp_path, plain / "train.log", **env)
     _run(publish_command(plain / "spec.yaml", plain), tmp_path, plain / "publish.log")

@@ -6,9 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scalpel import chat, cli, data, model, openr1
+from scalpel import chat, cli, model, openr1, synthetic
+from scalpel.io import read_jsonl
 
-# The 14 columns of OpenR1-Math-220k, in order (research/schemas.md section 1); `messages` structs are content, role.
+# The 14 columns of OpenR1-Math-220k, in order (the dataset card of open-r1/OpenR1-Math-220k); `messages` structs are content, role.
 SCHEMA = pa.schema([
     ("problem", pa.string()),
     ("solution", pa.string()),
@@ -189,7 +190,7 @@ def test_row_format(prepared):
         assert row["prompt"] == [system, {"role": "user", "content": src["messages"][0]["content"]}]
         assert row["completion"] == [{"role": "assistant", "content": src["messages"][1]["content"]}]
     # The same shape as the miniature's rows (data.build_world), so training reads either.
-    mini = data.build_world(0, {"max_operand": 9, "entities": 4, "eval_problems": 2, "instruction_probes": 4,
+    mini = synthetic.build_world(0, {"max_operand": 9, "entities": 4, "eval_problems": 2, "instruction_probes": 4,
                                 "train_problems": 4, "pretrain_worked_fraction": 0.5, "pretrain_math_levels": [1],
                                 "train_levels": [1]})
     assert [m["role"] for m in mini["grpo"][0]["prompt"]] == [m["role"] for m in grpo[0]["prompt"]]
@@ -255,8 +256,8 @@ def test_cli_writes_rows_and_counts(hub_copy, tokenizer, tmp_path):
                  "--math500", str(math500)])
     counts = json.loads((out / "counts.json").read_text())
     assert counts["grpo_rows"] == 5 and counts["sft_rows"] == 6
-    assert len(data.read_jsonl(out / "grpo.jsonl")) == 5 and len(data.read_jsonl(out / "sft.jsonl")) == 6
-    assert len(data.read_jsonl(out / "kl_reference.jsonl")) == len(MATH500)
+    assert len(read_jsonl(out / "grpo.jsonl")) == 5 and len(read_jsonl(out / "sft.jsonl")) == 6
+    assert len(read_jsonl(out / "kl_reference.jsonl")) == len(MATH500)
     assert sorted(p.name for p in out.iterdir()) == ["counts.json", "grpo.jsonl", "kl_reference.jsonl", "sft.jsonl"]
 
 

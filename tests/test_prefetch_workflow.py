@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from scalpel import chat, data
+from scalpel import chat
+from scalpel.io import read_jsonl
 from test_hub import QUESTION, write_hub_stand_ins
 
 pytestmark = pytest.mark.integration
@@ -54,8 +55,8 @@ def test_counts_are_what_the_fixture_implies(study):
 
 def test_rows_carry_the_system_prompt(study):
     results = study["work"] / "results/data"
-    grpo, sft = data.read_jsonl(results / "grpo.jsonl"), data.read_jsonl(results / "sft.jsonl")
-    reference = data.read_jsonl(results / "kl_reference.jsonl")
+    grpo, sft = read_jsonl(results / "grpo.jsonl"), read_jsonl(results / "sft.jsonl")
+    reference = read_jsonl(results / "kl_reference.jsonl")
     assert (len(grpo), len(sft), len(reference)) == (5, 6, 2)
     assert all(r["prompt"][0] == chat.system_message() for r in grpo + sft + reference)
 

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT, write_tiny_study
 from scalpel import config
+from scalpel.io import write_yaml
 from test_deepspeed import _run, _weights, publish_command, train_args
 
 STEPS, CHECKPOINTS = 12, 6
@@ -22,7 +23,7 @@ def _spec(tmp_path):
                "use_cpu": True, "gradient_checkpointing": False, "dataloader_num_workers": 0}},
            "runs": {"sft": {"method": "sft", "steps": STEPS, "checkpoints": CHECKPOINTS}}}
     spec = config.resolve_run(cfg, "sft")
-    config.write_yaml(spec, tmp_path / "spec.yaml")
+    write_yaml(spec, tmp_path / "spec.yaml")
     return spec
 
 

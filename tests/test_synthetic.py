@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from scalpel import chat, data, rewards
+from scalpel import chat, rewards
+from scalpel import synthetic
 
 CFG = dict(max_operand=9, entities=12, eval_problems=16, instruction_probes=12, train_problems=200, pretrain_worked_fraction=0.1,
            pretrain_math_levels=[1, 2], train_levels=[1, 2])
@@ -10,18 +11,18 @@ CFG = dict(max_operand=9, entities=12, eval_problems=16, instruction_probes=12, 
 
 @pytest.fixture(scope="module")
 def world():
-    return data.build_world(7, CFG)
+    return synthetic.build_world(7, CFG)
 
 
 def test_deterministic_from_seed(world):
-    assert data.build_world(7, CFG) == world
-    assert data.build_world(8, CFG)["grpo"] != world["grpo"]
+    assert synthetic.build_world(7, CFG) == world
+    assert synthetic.build_world(8, CFG)["grpo"] != world["grpo"]
 
 
 def test_sizes(world):
     assert len(world["grpo"]) == len(world["sft"]) == 200
     assert [len(world[f"eval_math_l{i}"]) for i in (1, 2, 3)] == [16, 16, 16]
-    assert len(world["eval_facts"]) == 12 * len(data.ATTRIBUTES)
+    assert len(world["eval_facts"]) == 12 * len(synthetic.ATTRIBUTES)
     assert len(world["eval_instructions"]) == 12
 
 
@@ -29,7 +30,7 @@ def test_answers_are_right_and_levels_hold():
     rng = random.Random(0)
     for level in (1, 2, 3):
         for _ in range(50):
-            row = data.math_problem(rng, level)
+            row = synthetic.math_problem(rng, level)
             if row["problem"].startswith("Calculate "):
                 expr = row["problem"][len("Calculate "):-1]
                 assert eval(expr) == int(row["answer"])  # brackets make left-to-right explicit
@@ -74,7 +75,7 @@ def test_instruction_probes_are_checkable(world):
 
 def test_too_many_probes_is_a_clear_error():
     with pytest.raises(ValueError, match="data.synthetic.instruction_probes"):
-        data.build_world(0, {**CFG, "instruction_probes": 500})
+        synthetic.build_world(0, {**CFG, "instruction_probes": 500})
 
 
 def test_prompts_carry_the_papers_system_prompt(world):

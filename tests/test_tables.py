@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from scalpel import cli, plots, tables
-from scalpel.diff import MODULES, write_parquet
+from scalpel.diff import MODULES
+from scalpel.io import write_parquet, write_tsv
 
 LAYERS = 2
 # A run name that looks like a number must survive a round trip through TSV as a string.
@@ -42,7 +43,7 @@ def inputs(tmp_path):
                  "stderr": 0.01} for task, metric in PRIMARY.items()]
         rows.append({"run": run, "step": step, "task": "math", "metric": "other", "value": -1.0, "stderr": 0.0})
         path = tmp_path / "eval" / f"{run}_{step}.tsv"
-        tables.write_tsv(pd.DataFrame(rows), path)
+        write_tsv(pd.DataFrame(rows), path)
         eval_files.append(path)
         if run == "base":
             continue

@@ -44,8 +44,10 @@ SYNTHETIC_DATA = config["data"]["source"] == "synthetic"
 # shipped with the package (scalpel/lm_eval_tasks) and lm-eval's built-ins.
 LOCAL_TASK_DIR = "results/data/lm_eval_tasks" if SYNTHETIC_DATA else None
 
-# Jobs inherit these (Slurm jobs through sbatch --export=ALL): the HF cache, and hub access off but for prefetch.
+# Jobs inherit these (Slurm jobs through sbatch --export=ALL): the HF cache, hub access off but for prefetch, and how
+# long torch's elastic agent waits for training to stop (an environment variable, so changing it reruns nothing).
 os.environ.update(study_hub.job_environment(config["hub"]))
+os.environ.update(TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(config["launch"]["stop_grace_s"]))
 
 
 wildcard_constraints:
@@ -133,61 +135,27 @@ def get_diff_files(wildcards=None):
 
 DEEPSPEED = config["launch"]["deepspeed"]
 LAUNCH_FILES = "results/launch/accelerate.yaml" if DEEPSPEED["enabled"] else []
+TRAIN_RESOURCES = study_launch.train_job_resources(config["launch"])
 
 
-VLLM = config["launch"]["vllm"]
-
-
-def vllm_server_mode(run):
-    return VLLM["enabled"] and VLLM["mode"] == "server" and RUNS[run]["method"] == "grpo"
-
-
-def train_processes(resources, run=None):
-    """One process per GPU of the job (less the one serving vLLM in server mode); `launch.deepspeed.cpu_processes`
-    on a CPU-only job; one without DeepSpeed."""
-    if not DEEPSPEED["enabled"]:
-        return 1
-    gpus = int(resources.get("gpu", 0)) or study_launch.gres_gpus(resources.get("gres", ""))  # gres: per node
-    if gpus and run and vllm_server_mode(run):
-        if gpus < 2:
-            raise WorkflowError(f"launch.vllm.mode server needs 2 or more GPUs for train_grpo (run {run}): one serves")
-        return gpus - 1
-    return gpus or DEEPSPEED["cpu_processes"]
-
-
-TRAIN_NODES = config["launch"]["nodes"]
-# Several nodes: N nodes, and `mpi` so that the Slurm executor runs the rule in the batch script, not in a job step
-# (--signal without B: then reaches training only: an srun signalled with TERM kills the step it started); `tasks`
-# is one launcher per node, which tasks_per_gpu 0 keeps the plugin from turning into --ntasks-per-gpu.
-TRAIN_RESOURCES = (
-    {"nodes": TRAIN_NODES, "tasks": TRAIN_NODES, "tasks_per_gpu": 0, "mpi": "srun"} if TRAIN_NODES > 1 else {}
-)
-# Jobs inherit it (Slurm jobs through sbatch --export=ALL); an environment variable, so changing it reruns nothing.
-os.environ.update(TORCH_ELASTIC_SHUTDOWN_TIMEOUT=str(config["launch"]["stop_grace_s"]))
+def train_setting(function, wildcards, resources, **kwargs):
+    """A launch.py function of the run's job; its refusal as a workflow error naming the run."""
+    try:
+        return function(config["launch"], RUNS[wildcards.run]["method"], resources, **kwargs)
+    except ValueError as err:
+        raise WorkflowError(f"{err} (run {wildcards.run})") from None
 
 
 def get_train_launcher(wildcards, resources):
-    if TRAIN_NODES > 1:
-        if resources.get("gpu"):
-            raise WorkflowError(
-                f"launch.nodes is {TRAIN_NODES}: ask for GPUs per node with the resource gres='gpu:N', not gpu=N"
-                " (the Slurm executor makes gpu --gpus, a total over the job that Slurm may split unevenly)"
-            )
-        return ["python", "-m", "scalpel", "launch", "slurm", "--machines", TRAIN_NODES, "--config-file", LAUNCH_FILES,
-                "--cpu-processes", DEEPSPEED["cpu_processes"]]
-    n = train_processes(resources, wildcards.run)
-    launcher = study_launch.train_command(config["launch"], n, LAUNCH_FILES or None)
-    if vllm_server_mode(wildcards.run):
-        launcher = [
-            "python", "-m", "scalpel", "vllm-server", "--model", base_model_dir(),
-            "--gpu-memory-utilization", str(VLLM["gpu_memory_utilization"]), "--dtype", config["model"]["dtype"],
-            "--server-log", f"logs/train/{wildcards.run}.vllm_server.log", "--", *launcher,
-        ]
-    return launcher
+    return train_setting(
+        study_launch.train_launcher, wildcards, resources, config_file=LAUNCH_FILES or None,
+        base_model=base_model_dir(), dtype=config["model"]["dtype"],
+        server_log=f"logs/train/{wildcards.run}.vllm_server.log",
+    )
 
 
 def get_train_omp_threads(wildcards, threads, resources):
-    return max(1, threads // train_processes(resources, wildcards.run))
+    return max(1, threads // train_setting(study_launch.train_processes, wildcards, resources))
 
 
 def get_kl_files(wildcards=None):

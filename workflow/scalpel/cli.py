@@ -14,7 +14,7 @@ import sys
 # command -> the module of the scalpel package that defines it, in the order of the workflow
 COMMANDS = {
     "prefetch": "prefetch",
-    "data": "data",
+    "data": "synthetic",
     "openr1": "openr1",
     "base-model": "model",
     "import-base": "model",

@@ -139,16 +139,6 @@ def eval_suites(config: dict, final: bool) -> list[str]:
     return [s for s in ev["tasks"] if final or s not in ev.get("final_only", [])]
 
 
-def load_yaml(path) -> dict:
-    with open(path) as fh:
-        return yaml.safe_load(fh)
-
-
-def write_yaml(obj, path) -> None:
-    with open(path, "w") as fh:
-        yaml.safe_dump(obj, fh, sort_keys=False)
-
-
 def settings_table(config: dict, runs: dict[str, dict]) -> str:
     """The settings a GPU run depends on, one line per run, for the dry run to show before anything is submitted."""
     launch = config.get("launch", {})

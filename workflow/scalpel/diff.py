@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
-from scalpel.io import atomic_output, check_safetensors
+from .io import check_safetensors, write_parquet
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_CHUNK_ROWS = 1024
@@ -117,11 +117,6 @@ def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS,
             rows.append({"layer": layer, "module": module, "rel_update": rel, "delta_norm": delta_norm,
                          "base_norm": base_norm, "dtype": str(dtype).removeprefix("torch.")})
     return pd.DataFrame(rows, columns=["layer", "module", "rel_update", "delta_norm", "base_norm", "dtype"])
-
-
-def write_parquet(df: pd.DataFrame, out) -> None:
-    with atomic_output(out) as tmp:
-        df.to_parquet(tmp, index=False)
 
 
 def add_parser(subparsers) -> None:

@@ -1,4 +1,5 @@
-"""Files written so that a reader (or a killed job) never leaves half of one behind, and weights checked before use."""
+"""The file formats of the workflow (JSON, JSONL, YAML, TSV, parquet), each written atomically so that a reader (or a
+killed job) never leaves half of one behind, and weights checked before use."""
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +31,51 @@ def atomic_output(path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(obj, path, indent: int = 1) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_jsonl(rows, path) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+
+
+def read_yaml(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+def write_yaml(obj, path) -> None:
+    import yaml
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
+
+
+def read_tsv(path, **read_csv_args):
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", **read_csv_args)
+
+
+def write_tsv(df, path) -> None:
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False)
+
+
+def write_parquet(df, path) -> None:
+    with atomic_output(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def check_safetensors(model_dir) -> list[Path]:

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .io import atomic_output, check_safetensors
+from .io import check_safetensors, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,6 @@ def kl_divergence(base_model, ckpt_model, tokenizer, examples: list[dict], devic
     }
 
 
-def _write_json(obj: dict, out) -> None:
-    with atomic_output(out) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-
-
 def add_parser(subparsers) -> None:
     ap = subparsers.add_parser("kl", help="teacher-forced KL(base || checkpoint) on a reference set",
                                description="Teacher-forced KL(base || checkpoint) on a reference set.")
@@ -122,8 +117,6 @@ def add_parser(subparsers) -> None:
 def main(args) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .data import read_jsonl
-
 
     check_safetensors(args.base)
     check_safetensors(args.checkpoint)
@@ -135,5 +128,5 @@ def main(args) -> None:
     result = kl_divergence(base, ckpt, tokenizer, examples, device=args.device, max_length=args.max_length)
     log.info("%s step %d: mean KL %.6g per token (%.6g per sequence) over %d examples, %d tokens", args.run,
              args.step, result["mean_kl"], result["mean_seq_kl"], result["n_examples"], result["n_tokens"])
-    _write_json({"run": args.run, "step": args.step, "base": args.base, "checkpoint": args.checkpoint,
+    write_json({"run": args.run, "step": args.step, "base": args.base, "checkpoint": args.checkpoint,
                  "reference": args.reference, "dtype": args.dtype, **result}, args.out)

@@ -12,7 +12,7 @@ Two files describe a DeepSpeed launch, both written by `write_launch_files`:
 
 Only `accelerate launch` with `distributed_type: DEEPSPEED` starts several CPU processes: `--cpu`, MULTI_CPU and FSDP
 configs silently run one process on CPU, and torchrun/deepspeed with a json in the trainer args fail on the batch
-size check (research/feasibility-ml.md, section 5). Whether the processes use CPU (gloo) or GPU (nccl) is decided by
+size check (accelerate 1.15, TRL 1.16, DeepSpeed 0.19; tests/test_deepspeed.py runs the working one). Whether the processes use CPU (gloo) or GPU (nccl) is decided by
 the run's `use_cpu` TRL argument; the yaml's `use_cpu` only records it.
 
 `train_command` returns the launcher prefix that replaces `python -m scalpel` in the training rule:
@@ -263,6 +263,55 @@ def node_command(env: Mapping[str, str], config_file, cpu_processes: int) -> lis
              "--main_process_ip", first_host(env["SLURM_JOB_NODELIST"]), "--main_process_port", rendezvous_port(env),
              "--rdzv_backend", "static", "--deepspeed_multinode_launcher", "standard"]
     return train_command({"deepspeed": {"enabled": True}}, machines * per_machine, config_file, flags)
+
+
+def vllm_serves(launch: dict, method: str) -> bool:
+    """Whether a run's training job also serves vLLM (GRPO with `launch.vllm.mode: server`)."""
+    return launch["vllm"]["enabled"] and launch["vllm"]["mode"] == "server" and method == "grpo"
+
+
+def train_processes(launch: dict, method: str, resources: Mapping) -> int:
+    """Training processes of one job: one per GPU of the job (less the one serving vLLM in server mode);
+    `launch.deepspeed.cpu_processes` on a CPU-only job; one without DeepSpeed."""
+    if not launch["deepspeed"]["enabled"]:
+        return 1
+    gpus = int(resources.get("gpu", 0)) or gres_gpus(resources.get("gres", ""))  # gres: per node
+    if gpus and vllm_serves(launch, method):
+        if gpus < 2:
+            raise ValueError("launch.vllm.mode server needs 2 or more GPUs for train_grpo: one serves")
+        return gpus - 1
+    return gpus or launch["deepspeed"]["cpu_processes"]
+
+
+def train_job_resources(launch: dict) -> dict:
+    """Extra Slurm resources of a training job. Several nodes: N nodes, and `mpi` so that the Slurm executor runs the
+    rule in the batch script, not in a job step (--signal without B: then reaches training only: an srun signalled
+    with TERM kills the step it started); `tasks` is one launcher per node, which tasks_per_gpu 0 keeps the plugin
+    from turning into --ntasks-per-gpu."""
+    nodes = launch["nodes"]
+    return {"nodes": nodes, "tasks": nodes, "tasks_per_gpu": 0, "mpi": "srun"} if nodes > 1 else {}
+
+
+def train_launcher(launch: dict, method: str, resources: Mapping, *, config_file, base_model: str, dtype: str,
+                   server_log: str) -> list[str]:
+    """The command prefix of a training job (the rule appends `train --spec ...`): `python -m scalpel`, `accelerate
+    launch`, the several-node `scalpel launch slurm`, or any of them behind `scalpel vllm-server` (GRPO, server mode).
+    """
+    nodes = launch["nodes"]
+    if nodes > 1:
+        if resources.get("gpu"):
+            raise ValueError(
+                f"launch.nodes is {nodes}: ask for GPUs per node with the resource gres='gpu:N', not gpu=N"
+                " (the Slurm executor makes gpu --gpus, a total over the job that Slurm may split unevenly)"
+            )
+        return ["python", "-m", "scalpel", "launch", "slurm", "--machines", str(nodes), "--config-file",
+                str(config_file), "--cpu-processes", str(launch["deepspeed"]["cpu_processes"])]
+    launcher = train_command(launch, train_processes(launch, method, resources), config_file)
+    if vllm_serves(launch, method):
+        launcher = ["python", "-m", "scalpel", "vllm-server", "--model", base_model, "--gpu-memory-utilization",
+                    str(launch["vllm"]["gpu_memory_utilization"]), "--dtype", dtype, "--server-log", server_log,
+                    "--", *launcher]
+    return launcher
 
 
 def add_parser(subparsers) -> None:

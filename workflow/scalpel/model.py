@@ -13,7 +13,8 @@ from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
-from . import data, hub
+from . import hub, synthetic
+from .io import read_jsonl, write_json
 from .chat import OWN_TEMPLATE, chat_template
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ def pretrain(model, tokenizer, rows: list[dict], cfg: dict, seed: int, workdir: 
 def build_base(data_dir, out_dir, cfg: dict, seed: int) -> list[dict]:
     """Build, pre-train and save the base model as a normal HF folder; returns the training log."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    world = {p.stem: data.read_jsonl(p) for p in data_dir.glob("*.jsonl")}
-    tokenizer = build_tokenizer(data.corpus_lines(world), cfg["vocab_size"])
+    world = {p.stem: read_jsonl(p) for p in data_dir.glob("*.jsonl")}
+    tokenizer = build_tokenizer(synthetic.corpus_lines(world), cfg["vocab_size"])
     model = build_model(tokenizer, cfg, seed)
     log.info("built Olmo2ForCausalLM with %d parameters, vocab %d", model.num_parameters(), len(tokenizer))
     history = pretrain(model, tokenizer, world["pretrain"], cfg, seed, out_dir.parent / (out_dir.name + ".work"))
@@ -152,5 +153,4 @@ def main(args) -> None:
         import_base(args.source, args.outdir, args.revision, args.chat_template)
         return
     history = build_base(args.data, args.outdir, json.loads(args.build), args.seed)
-    with open(args.log_history, "w") as fh:
-        json.dump(history, fh, indent=1)
+    write_json(history, args.log_history)

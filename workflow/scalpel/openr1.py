@@ -20,9 +20,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .chat import SYSTEM_PROMPT, system_message
-from .data import write_jsonl
 from .hub import card_patterns, dataset_snapshot, describe_environment
-from .io import atomic_output
+from .io import write_json, write_jsonl
 from .rewards import parse_gold
 
 log = logging.getLogger(__name__)
@@ -177,17 +176,12 @@ def prepare(dataset, tokenizer, *, source_filter: str = "cn_k12", system_prompt:
     return grpo, sft, counts
 
 
-def _write_json(obj, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-
-
 def write(grpo_rows: list[dict], sft_rows: list[dict], counts: dict, outdir) -> None:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     write_jsonl(grpo_rows, outdir / "grpo.jsonl")
     write_jsonl(sft_rows, outdir / "sft.jsonl")
-    _write_json(counts, outdir / "counts.json")
+    write_json(counts, outdir / "counts.json")
 
 
 def math500_reference(path_or_id: str = MATH500_ID, system_prompt: str | None = SYSTEM_PROMPT,

@@ -11,9 +11,9 @@ from matplotlib.colors import Normalize
 # Figure without pyplot renders through Agg and leaves the global backend alone.
 from matplotlib.figure import Figure
 
-from scalpel.diff import MODULES
-from scalpel.io import atomic_output
-from scalpel.tables import BASE, read_tsv
+from .diff import MODULES
+from .io import atomic_output
+from .tables import BASE, read_tsv
 
 LINESTYLE = {"grpo": "-", "sft": "--"}
 BASE_COLOR = "0.55"

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from . import hub
-from .io import atomic_output
+from .io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,5 @@ def add_parser(subparsers) -> None:
 def main(args) -> None:
     log.info(hub.describe_environment())
     manifest = prefetch(args)
-    with atomic_output(args.out) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(manifest, args.out)
     log.info("manifest %s:\n%s", args.out, json.dumps(manifest, indent=1))

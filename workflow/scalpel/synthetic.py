@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 from .chat import SYSTEM_PROMPT, system_message
-from .io import atomic_output
+from .io import write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -183,17 +183,6 @@ def corpus_lines(world: dict[str, list[dict]]) -> list[str]:
         lines += [m["content"] for m in row["prompt"][1:] + row.get("completion", [])]
     lines += [r["solution"] for name, rows in world.items() if name.startswith("eval_math") for r in rows]
     return lines
-
-
-def write_jsonl(rows: list[dict], path) -> None:
-    with atomic_output(path) as tmp, open(tmp, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-
-
-def read_jsonl(path) -> list[dict]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def write_world(seed: int, cfg: dict, outdir) -> dict[str, int]:

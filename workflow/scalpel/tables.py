@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from scalpel.authors import compare
-from scalpel.diff import MODULES
-from scalpel.io import atomic_output
+from . import io
+from .authors import compare
+from .diff import MODULES
+from .io import write_tsv
 
 SCORE_COLUMNS = ["run", "step", "task", "metric", "value", "stderr"]
 BASE = "base"
@@ -18,12 +19,7 @@ _TEXT = {"run": str, "task": str, "metric": str, "module": str, "method": str, "
 
 
 def read_tsv(path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", dtype=_TEXT)
-
-
-def write_tsv(df: pd.DataFrame, path) -> None:
-    with atomic_output(path) as tmp:
-        df.to_csv(tmp, sep="\t", index=False)
+    return io.read_tsv(path, dtype=_TEXT)
 
 
 def final_step(runs: dict, run: str) -> int:

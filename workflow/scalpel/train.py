@@ -21,8 +21,8 @@ import yaml
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from . import config, data, faults, params, rewards, vllm_server
-from .io import atomic_output
+from . import config, faults, params, rewards, vllm_server
+from .io import atomic_output, read_jsonl
 from .publish import clear_folder, is_finished, mark_finished, spec_hash
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ def build_trainer(spec: dict, base: str, data_file: str, state_dir: Path):
     params.apply_trainable(model, spec.get("freeze"), spec.get("train_only"), f"runs.{spec['name']}")
     if _is_main_process():
         log.info("run %s: %s", spec["name"], params.trainable_summary(model))
-    dataset = Dataset.from_list(data.read_jsonl(data_file))
+    dataset = Dataset.from_list(read_jsonl(data_file))
     callbacks = [CheckpointSchedule(spec["checkpoint_steps"], state_dir / "exports"), StopOnSignal()]
     if spec["method"] == "grpo":
         return GRPOTrainer(model=model, reward_funcs=[rewards.accuracy_reward, rewards.format_reward], args=args,

@@ -2,6 +2,6 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w")
 
-from scalpel.config import write_yaml
+from scalpel.io import write_yaml
 
 write_yaml(dict(snakemake.params.spec), snakemake.output[0])
