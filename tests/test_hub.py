@@ -19,7 +19,8 @@ from scalpel import chat, cli, config as study_config, diff, hub, kl, model, ope
 from test_openr1 import CARD, MATH500, ROWS, _write_shards
 
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
-# OLMo-2-1124-7B-Instruct's own template ("tulu" with bos; research/schemas.md section 3), which the study replaces.
+# OLMo-2-1124-7B-Instruct's own template ("tulu" with bos: the tokenizer_config.json of
+# allenai/OLMo-2-1124-7B-Instruct on the hub), which the study replaces.
 OLMO_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\n' + "
     "message['content'] + '\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '\n' }}"

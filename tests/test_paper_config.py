@@ -1,4 +1,4 @@
-"""config/paper.yaml against the authors' recipes (research/paper.md), so that no hyperparameter drifts silently.
+"""config/paper.yaml against the authors' recipes (Neelectric/open-r1_olmo@2ea0f68: recipes/), so that no hyperparameter drifts silently.
 
 Each row: where the value lives in the resolved run spec or config, the authors' value, and ours when it differs on
 purpose; a deliberate difference must be explained by a comment on its line (or the line above) in paper.yaml.
@@ -203,7 +203,8 @@ def test_trl_accepts_every_run(runs, run, tmp_path, monkeypatch):
     assert getattr(cfg, "use_vllm", False) == (spec["method"] == "grpo")
 
 
-# The authors' benchmarks -> lm-eval tasks and their few-shot counts (lighteval task strings in paper.md §4).
+# The authors' benchmarks -> lm-eval tasks and their few-shot counts (lighteval task strings of the authors'
+# evaluation scripts, Neelectric/open-r1_olmo@2ea0f68; arXiv 2507.10616, section 4).
 AUTHORS_SHOTS = {"paper_aime24": 0, "paper_math500": 0, "paper_gsm8k": 5, "paper_gpqa_diamond": 0, "paper_mmlu": 5,
                  "leaderboard_mmlu_pro": 5, "paper_ifeval": 0}
 

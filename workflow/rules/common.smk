@@ -89,11 +89,12 @@ def get_prefetch_args(wildcards):
 
 
 def checkpoints_of(run):
-    """(run, step) of every model evaluated: the base once, then every checkpoint of every run."""
+    """(run, step) of every checkpoint of one run."""
     return [(run, step) for step in RUNS[run]["checkpoint_steps"]]
 
 
 def all_models():
+    """(run, step) of every model evaluated: the base once, then every checkpoint of every run."""
     return [(BASE, 0)] + [pair for run in RUNS for pair in checkpoints_of(run)]
 
 
