@@ -95,7 +95,8 @@ def test_cli_writes_both_files(tmp_path, capsys):
     assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == 0
     assert yaml.safe_load((tmp_path / "accelerate.yaml").read_text())["use_cpu"] is True
     with pytest.raises(SystemExit):
-        cli.main(["launch", "files", "--stage", "2", "--num-processes", "2", "--outdir", str(tmp_path), "--persistence-threshold", "0"])
+        cli.main(["launch", "files", "--stage", "2", "--num-processes", "2", "--outdir", str(tmp_path),
+                  "--persistence-threshold", "0"])
 
 
 def test_train_command():
@@ -297,7 +298,8 @@ def test_zero3_two_processes_match_one_process(tmp_path):
     assert "deepspeed_shm_comm_op" in runs["zero3"]["log"]  # DeepSpeed's CPU communication op was loaded
     for rank in (0, 1):
         seen = json.loads((runs["zero3"]["dir"] / f"probe/rank{rank}.json").read_text())
-        assert (seen["backend"], seen["world_size"], seen["distributed_type"]) == ("gloo", 2, "DistributedType.DEEPSPEED")
+        assert (seen["backend"], seen["world_size"], seen["distributed_type"]) == (
+            "gloo", 2, "DistributedType.DEEPSPEED")
         held = seen["params"]
         assert len(held) == 25, f"rank {rank} recorded {len(held)} parameters"
         for name, (local, full, shard) in held.items():

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import Olmo2Config, Olmo2ForCausalLM
 
-from scalpel.diff import MODULES, main, relative_updates
+from scalpel import cli
+from scalpel.diff import MODULES, relative_updates
 
 LAYERS = 3
 TOUCHED = {(1, "up_proj"), (2, "q_proj")}
@@ -63,7 +64,8 @@ def _check(df: pd.DataFrame, base: dict, ckpt: dict) -> None:
             assert row.rel_update > 1e-3
         else:
             assert row.rel_update == 0.0 and row.delta_norm == 0.0
-        assert row.base_norm == pytest.approx(float(torch.linalg.norm(base[_tensor_name(row.layer, row.module)].double())),
+        name = _tensor_name(row.layer, row.module)
+        assert row.base_norm == pytest.approx(float(torch.linalg.norm(base[name].double())),
                                               rel=1e-9)
 
 
@@ -102,7 +104,8 @@ def test_missing_tensor(models, tmp_path):
     missing = _tensor_name(2, "down_proj")
     (tmp_path / "ckpt").mkdir()
     save_file({k: v for k, v in ckpt.items() if k != missing}, tmp_path / "ckpt" / "model.safetensors")
-    with pytest.raises(ValueError, match=rf"{missing}.*base.*base/model.safetensors.*checkpoint.*ckpt/model.safetensors"):
+    with pytest.raises(ValueError,
+                       match=rf"{missing}.*base.*base/model.safetensors.*checkpoint.*ckpt/model.safetensors"):
         relative_updates(root / "base", tmp_path / "ckpt")
 
 
@@ -111,15 +114,16 @@ def test_shape_mismatch(models, tmp_path):
     wrong = _tensor_name(0, "k_proj")
     (tmp_path / "ckpt").mkdir()
     save_file({**ckpt, wrong: torch.zeros(8, 16)}, tmp_path / "ckpt" / "model.safetensors")
-    with pytest.raises(ValueError, match=rf"{wrong}.*\[16, 16\].*base/model.safetensors.*\[8, 16\].*ckpt/model.safetensors"):
+    with pytest.raises(ValueError,
+                       match=rf"{wrong}.*\[16, 16\].*base/model.safetensors.*\[8, 16\].*ckpt/model.safetensors"):
         relative_updates(root / "base", tmp_path / "ckpt")
 
 
 def test_cli_writes_parquet(models, tmp_path):
     root, base, ckpt = models
     out = tmp_path / "diff" / "run_a" / "step_7.parquet"
-    main(["--base", str(root / "base"), "--checkpoint", str(root / "ckpt_sharded"),
-          "--run", "run_a", "--step", "7", "--out", str(out)])
+    cli.main(["diff", "--base", str(root / "base"), "--checkpoint", str(root / "ckpt_sharded"),
+              "--run", "run_a", "--step", "7", "--out", str(out)])
     df = pd.read_parquet(out)
     assert list(df.columns[:2]) == ["run", "step"]
     assert set(df.run) == {"run_a"} and set(df.step) == {7}
@@ -191,9 +195,9 @@ def test_refuse_names_both_files_and_dtypes(bf16_pair, models):
 
 def test_cli_takes_the_dtype_policy(bf16_pair, tmp_path):
     base_dir, out, _, _ = bf16_pair
-    args = ["--base", str(base_dir), "--checkpoint", str(out / "rounded"), "--run", "r", "--step", "1"]
-    main(args + ["--out", str(tmp_path / "cast.parquet")])
+    args = ["diff", "--base", str(base_dir), "--checkpoint", str(out / "rounded"), "--run", "r", "--step", "1"]
+    cli.main(args + ["--out", str(tmp_path / "cast.parquet")])
     assert set(pd.read_parquet(tmp_path / "cast.parquet").dtype) == {"bfloat16"}
     with pytest.raises(ValueError, match="F32 in base .* but BF16 in checkpoint"):
-        main(args + ["--out", str(tmp_path / "refused.parquet"), "--dtype-mismatch", "refuse"])
+        cli.main(args + ["--out", str(tmp_path / "refused.parquet"), "--dtype-mismatch", "refuse"])
     assert not (tmp_path / "refused.parquet").exists()

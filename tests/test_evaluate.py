@@ -37,7 +37,8 @@ def test_process_results_use_the_reward():
 def test_task_yamls_load_in_lm_eval(tmp_path):
     from lm_eval.tasks import TaskManager
 
-    cfg = dict(max_operand=9, entities=8, eval_problems=4, instruction_probes=4, train_problems=20, pretrain_worked_fraction=0.1,
+    cfg = dict(max_operand=9, entities=8, eval_problems=4, instruction_probes=4, train_problems=20,
+               pretrain_worked_fraction=0.1,
                pretrain_math_levels=[1], train_levels=[1, 2])
     synthetic.write_world(0, cfg, tmp_path)
     names = tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50)

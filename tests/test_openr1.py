@@ -9,7 +9,8 @@ import pytest
 from scalpel import chat, cli, model, openr1, synthetic
 from scalpel.io import read_jsonl
 
-# The 14 columns of OpenR1-Math-220k, in order (the dataset card of open-r1/OpenR1-Math-220k); `messages` structs are content, role.
+# The 14 columns of OpenR1-Math-220k, in order (the dataset card of open-r1/OpenR1-Math-220k); `messages` structs
+# are content, role.
 SCHEMA = pa.schema([
     ("problem", pa.string()),
     ("solution", pa.string()),
@@ -252,7 +253,8 @@ def test_cli_writes_rows_and_counts(hub_copy, tokenizer, tmp_path):
     math500.mkdir()
     (math500 / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MATH500))
     out = tmp_path / "out"
-    cli.main(["openr1", "--source", str(hub_copy), "--config", "extended", "--tokenizer", str(tok_dir), "--outdir", str(out),
+    cli.main(["openr1", "--source", str(hub_copy), "--config", "extended", "--tokenizer", str(tok_dir),
+              "--outdir", str(out),
                  "--math500", str(math500)])
     counts = json.loads((out / "counts.json").read_text())
     assert counts["grpo_rows"] == 5 and counts["sft_rows"] == 6

@@ -1,4 +1,5 @@
-"""config/paper.yaml against the authors' recipes (Neelectric/open-r1_olmo@2ea0f68: recipes/), so that no hyperparameter drifts silently.
+"""config/paper.yaml against the authors' recipes (Neelectric/open-r1_olmo@2ea0f68: recipes/), so that no
+hyperparameter drifts silently.
 
 Each row: where the value lives in the resolved run spec or config, the authors' value, and ours when it differs on
 purpose; a deliberate difference must be explained by a comment on its line (or the line above) in paper.yaml.

@@ -1,5 +1,4 @@
 """Plan-time checks: TRL argument names and freeze/train_only patterns fail `snakemake -n`, not the training job."""
-import copy
 import os
 import subprocess
 import sys

@@ -30,6 +30,7 @@ def test_quotes_in_config_values_reach_the_commands_intact(tmp_path):
     evaluate = shells["evaluate"]
     assert json.loads(_argument(evaluate, "--gen-kwargs")) == {"until": STOPS, "max_gen_toks": 8}
     assert _argument(shells["kl"], "--reference") == str(reference)
-    for rule, flag, given in [("data", "--synthetic", cfg["data"]["synthetic"]), ("base_model", "--build", cfg["model"]["build"])]:
+    for rule, flag, given in [("data", "--synthetic", cfg["data"]["synthetic"]),
+                              ("base_model", "--build", cfg["model"]["build"])]:
         received = json.loads(_argument(shells[rule], flag))  # the config's values, with the schema's defaults
         assert received | given == received, rule

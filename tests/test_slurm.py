@@ -33,7 +33,8 @@ def cluster():
             pytest.skip("no Slurm cluster (.ci/slurm/start-local-slurm.sh)")
 
 
-def snakemake(workdir: Path, *args: str, bound: int, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+def snakemake(workdir: Path, *args: str, bound: int,
+              env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """Snakemake in workdir, killed after `bound` seconds; returns the process and its wall time."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {}))
     cmd = ["timeout", "-s", "KILL", str(bound), sys.executable, "-m", "snakemake", "--directory", str(workdir), *args]
@@ -139,7 +140,8 @@ def test_a_failing_job_fails_the_run_without_hanging(cluster, tmp_path):
 def test_slurm_profile_dry_run_takes_account_and_partitions_from_the_environment(tmp_path):
     env = {"SLURM_ACCOUNT": "acct-x", "SLURM_PARTITION": "cpu-x", "SLURM_GPU_PARTITION": "gpu-x"}
     common = ["-n", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(SMOKE)]
-    proc, _ = snakemake(tmp_path, *common, "--profile", str(ROOT / "profiles/slurm"), *slurm_preview.deployment_args(), bound=300,
+    proc, _ = snakemake(tmp_path, *common, "--profile", str(ROOT / "profiles/slurm"), *slurm_preview.deployment_args(),
+                        bound=300,
                        env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

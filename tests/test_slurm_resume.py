@@ -71,7 +71,8 @@ def test_slurm_signal_saves_training_and_the_rerun_resumes(cluster, tmp_path):  
     # Both processes got the signal (from Slurm, and again from torchrun's agent) and stopped at the same step.
     assert train_log.count("received signal 15") >= 2, train_log[-3000:]
     assert "Received 15 death signal" in train_log  # torchrun's agent, which forwards it, got it too
-    stops = {line.split("stopped at step ")[1].split()[0] for line in train_log.splitlines() if "stopped at step" in line}
+    stops = {line.split("stopped at step ")[1].split()[0]
+             for line in train_log.splitlines() if "stopped at step" in line}
     assert len(stops) == 1, stops
     saved = int(stops.pop())
     assert 6 <= saved < STEPS and (state / f"checkpoint-{saved}/trainer_state.json").is_file()

@@ -5,7 +5,8 @@ import pytest
 from scalpel import chat, rewards
 from scalpel import synthetic
 
-CFG = dict(max_operand=9, entities=12, eval_problems=16, instruction_probes=12, train_problems=200, pretrain_worked_fraction=0.1,
+CFG = dict(max_operand=9, entities=12, eval_problems=16, instruction_probes=12, train_problems=200,
+           pretrain_worked_fraction=0.1,
            pretrain_math_levels=[1, 2], train_levels=[1, 2])
 
 

@@ -224,7 +224,8 @@ def test_authors_comparison_has_every_cell_both_report(built):
     # model the authors do not have
     assert cell.loc[("base", "MATH-500"), "ours"] == pytest.approx(score("base", 0, "math"))
     assert cell.loc[("base", "MMLU"), "authors"] == 0.6 and math.isnan(cell.loc[("base", "MMLU"), "authors_stderr"])
-    assert cell.loc[("hammer", "MATH-500"), ["ours", "authors"]].tolist() == pytest.approx([score("hammer", 12, "math"), 0.42])
+    assert cell.loc[("hammer", "MATH-500"), ["ours", "authors"]].tolist() == pytest.approx(
+        [score("hammer", 12, "math"), 0.42])
     assert ("hammer", "MMLU") not in cell.index and "2e-6" not in set(table.run)
     assert cell.loc[("hammer", "mean relative update, all matrices"), "ours"] == pytest.approx(final_mean("hammer"))
     assert cell.loc[("scalpel", "mean relative update q_proj"), "authors"] == 0.001

@@ -7,14 +7,14 @@ rule diff:
         model=get_model_dir,
     output:
         "results/diff/{run}/step-{step}.parquet",
-    params:
-        checkpoint=get_checkpoint_path,
-        dtype_mismatch=config["diff"]["dtype_mismatch"],
-    threads: 1
     log:
         "logs/diff/{run}/step-{step}.log",
     conda:
         "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        checkpoint=get_checkpoint_path,
+        dtype_mismatch=config["diff"]["dtype_mismatch"],
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel diff --base {input.base:q} --checkpoint {params.checkpoint:q}"
         " --dtype-mismatch {params.dtype_mismatch:q} --run {wildcards.run} --step {wildcards.step} --out {output:q}"
@@ -28,15 +28,15 @@ rule kl:
         reference=get_kl_reference(),
     output:
         "results/kl/{run}/step-{step}.json",
-    params:
-        checkpoint=get_checkpoint_path,
-        dtype=config["model"]["dtype"],
-        limit=["--limit", config["kl"]["limit"]] if config["kl"]["limit"] else [],
-    threads: 1
     log:
         "logs/kl/{run}/step-{step}.log",
     conda:
         "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        checkpoint=get_checkpoint_path,
+        dtype=config["model"]["dtype"],
+        limit=["--limit", config["kl"]["limit"]] if config["kl"]["limit"] else [],
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel kl --base {input.base:q} --checkpoint {params.checkpoint:q}"
         " --reference {input.reference:q} --run {wildcards.run} --step {wildcards.step} --dtype {params.dtype:q}"

@@ -26,8 +26,9 @@ try:
     study_hub.check_config(config)
 except study_config.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
-if "base" in RUNS:
-    raise WorkflowError("invalid config: runs.base: the name 'base' is reserved for the base model")
+BASE = study_config.BASE
+if BASE in RUNS:
+    raise WorkflowError(f"invalid config: runs.{BASE}: the name '{BASE}' is reserved for the base model")
 if workflow.is_main_process:  # not in each job's own parse of the workflow
     try:
         for note in study_preflight.check(config, RUNS):
@@ -36,7 +37,6 @@ if workflow.is_main_process:  # not in each job's own parse of the workflow
         raise WorkflowError(f"invalid config:\n{err}") from None
     print(f"Study settings:\n{study_config.settings_table(config, RUNS)}", file=sys.stderr)
 
-BASE = "base"
 BUILD_BASE = config["model"]["base"] == "build"
 SYNTHETIC_DATA = config["data"]["source"] == "synthetic"
 
@@ -149,8 +149,12 @@ def train_setting(function, wildcards, resources, **kwargs):
 
 def get_train_launcher(wildcards, resources):
     return train_setting(
-        study_launch.train_launcher, wildcards, resources, config_file=LAUNCH_FILES or None,
-        base_model=base_model_dir(), dtype=config["model"]["dtype"],
+        study_launch.train_launcher,
+        wildcards,
+        resources,
+        config_file=LAUNCH_FILES or None,
+        base_model=base_model_dir(),
+        dtype=config["model"]["dtype"],
         server_log=f"logs/train/{wildcards.run}.vllm_server.log",
     )
 
@@ -168,7 +172,9 @@ def get_kl_reference():
 
 
 def analysis_spec():
-    runs = {name: {"method": spec["method"], "checkpoint_steps": spec["checkpoint_steps"]} for name, spec in RUNS.items()}
+    runs = {
+        name: {"method": spec["method"], "checkpoint_steps": spec["checkpoint_steps"]} for name, spec in RUNS.items()
+    }
     return {"runs": runs, "primary": config["eval"]["primary_metrics"], "authors": config["report"]["authors"]}
 
 

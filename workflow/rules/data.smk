@@ -7,16 +7,16 @@ if SYNTHETIC_DATA:
             sft="results/data/sft.jsonl",
             kl_reference="results/data/kl_reference.jsonl",
             tasks=directory("results/data/lm_eval_tasks"),
-        params:
-            synthetic=json.dumps(config["data"]["synthetic"]),
-            seed=config["seed"],
         log:
             "logs/data/data.log",
         conda:
             "../../envs/data.yaml"
+        params:
+            synthetic=json.dumps(config["data"]["synthetic"]),
+            seed=config["seed"],
         shell:
             "python -m scalpel data --synthetic {params.synthetic:q} --seed {params.seed:q}"
-            " --outdir \"$(dirname {output.pretrain:q})\" --task-dir {output.tasks:q} > {log:q} 2>&1"
+            ' --outdir "$(dirname {output.pretrain:q})" --task-dir {output.tasks:q} > {log:q} 2>&1'
 
 else:
     OPENR1 = config["data"]["openr1"]
@@ -26,10 +26,15 @@ else:
             manifest="results/prefetch/data.json",
             tokenizer=base_model_dir(),
         output:
+            **({"kl_reference": "results/data/kl_reference.jsonl"} if OPENR1["math500"] else {}),
             grpo="results/data/grpo.jsonl",
             sft="results/data/sft.jsonl",
             counts="results/data/counts.json",
-            **({"kl_reference": "results/data/kl_reference.jsonl"} if OPENR1["math500"] else {}),
+        log:
+            "logs/data/data.log",
+        conda:
+            "../../envs/data.yaml"
+        threads: OPENR1["num_proc"]
         params:
             source=OPENR1["dataset"],
             config=OPENR1["config"],
@@ -39,14 +44,9 @@ else:
             max_prompt_tokens=OPENR1["max_prompt_tokens"],
             max_sft_tokens=OPENR1["max_sft_tokens"],
             math500=["--math500", OPENR1["math500"]] if OPENR1["math500"] else [],
-        threads: OPENR1["num_proc"]
-        log:
-            "logs/data/data.log",
-        conda:
-            "../../envs/data.yaml"
         shell:
             "python -m scalpel openr1 --source {params.source:q} --config {params.config:q} --split {params.split:q}"
             " {params.revision:q} --source-filter {params.source_filter:q}"
             " --max-prompt-tokens {params.max_prompt_tokens:q} --max-sft-tokens {params.max_sft_tokens:q}"
             " --num-proc {threads} {params.math500:q} --tokenizer {input.tokenizer:q}"
-            " --outdir \"$(dirname {output.grpo:q})\" > {log:q} 2>&1"
+            ' --outdir "$(dirname {output.grpo:q})" > {log:q} 2>&1'

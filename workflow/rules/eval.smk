@@ -5,6 +5,13 @@ rule evaluate:
         prefetch=get_eval_prefetch(),
     output:
         "results/eval/{run}/step-{step}.tsv",
+    log:
+        "logs/evaluate/{run}/step-{step}.log",
+    benchmark:
+        "benchmarks/evaluate/{run}/step-{step}.tsv"
+    conda:
+        "../../envs/eval.yaml"
+    threads: 1
     params:
         checkpoint=get_checkpoint_path,
         tasks=get_eval_tasks,
@@ -19,13 +26,6 @@ rule evaluate:
         model_args=json.dumps(config["eval"]["model_args"]),
         multiturn=json.dumps(config["eval"]["fewshot_as_multiturn"]),
         chat_template=get_eval_chat_template,
-    threads: 1
-    log:
-        "logs/evaluate/{run}/step-{step}.log",
-    benchmark:
-        "benchmarks/evaluate/{run}/step-{step}.tsv"
-    conda:
-        "../../envs/eval.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel evaluate --checkpoint {params.checkpoint:q}"
         " --tasks {params.tasks:q} {params.task_dir:q} --out {output:q} --run {wildcards.run}"

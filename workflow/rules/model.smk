@@ -6,19 +6,19 @@ if BUILD_BASE:
         output:
             model=directory("results/models/base"),
             history="results/models/base_pretrain_log.json",
-        params:
-            build=json.dumps(config["model"]["build"]),
-            seed=config["seed"],
-        threads: 2
         log:
             "logs/base_model/base_model.log",
         benchmark:
             "benchmarks/base_model/base_model.tsv"
         conda:
             "../../envs/train.yaml"
+        threads: 2
+        params:
+            build=json.dumps(config["model"]["build"]),
+            seed=config["seed"],
         shell:
             "OMP_NUM_THREADS={threads} python -m scalpel base-model --build {params.build:q} --seed {params.seed:q}"
-            " --data \"$(dirname {input.pretrain:q})\" --outdir {output.model:q}"
+            ' --data "$(dirname {input.pretrain:q})" --outdir {output.model:q}'
             " --log-history {output.history:q} > {log:q} 2>&1"
 
 else:
@@ -29,14 +29,14 @@ else:
             manifest="results/prefetch/model.json",
         output:
             model=directory("results/models/base"),
-        params:
-            source=config["model"]["base"],
-            revision=["--revision", config["model"]["revision"]] if config["model"]["revision"] else [],
-            chat_template=config["model"]["chat_template"],
         log:
             "logs/base_model/base_model.log",
         conda:
             "../../envs/train.yaml"
+        params:
+            source=config["model"]["base"],
+            revision=["--revision", config["model"]["revision"]] if config["model"]["revision"] else [],
+            chat_template=config["model"]["chat_template"],
         shell:
             "python -m scalpel import-base --source {params.source:q} {params.revision:q}"
             " --chat-template {params.chat_template:q} --outdir {output.model:q} > {log:q} 2>&1"

@@ -11,15 +11,15 @@ rule prefetch:
         get_prefetch_input,
     output:
         "results/prefetch/{part}.json",
-    wildcard_constraints:
-        part="|".join(study_prefetch.PARTS),
-    params:
-        args=get_prefetch_args,
     log:
         "logs/prefetch/{part}.log",
+    wildcard_constraints:
+        part="|".join(study_prefetch.PARTS),
     localrule: True
     conda:
         "../../envs/eval.yaml"
+    params:
+        args=get_prefetch_args,
     shell:
         "env -u HF_HUB_OFFLINE -u HF_DATASETS_OFFLINE -u TRANSFORMERS_OFFLINE"
         " python -m scalpel prefetch {params.args:q} --out {output:q} > {log:q} 2>&1"

@@ -4,13 +4,13 @@
 rule analysis_spec:
     output:
         "results/tables/spec.yaml",
-    params:
-        spec=analysis_spec(),
     log:
         "logs/analysis_spec/analysis_spec.log",
     localrule: True
     conda:
         "../../envs/data.yaml"
+    params:
+        spec=analysis_spec(),
     script:
         "../scripts/write_spec.py"
 
@@ -40,7 +40,7 @@ rule tables:
     shell:
         "python -m scalpel tables --eval {input.evals:q} --diff {input.diffs:q} --kl {input.kl:q}"
         " --spec {input.spec:q} --authors {input.authors:q}"
-        " --outdir \"$(dirname {output.summary:q})\" > {log:q} 2>&1"
+        ' --outdir "$(dirname {output.summary:q})" > {log:q} 2>&1'
 
 
 rule plots:
@@ -59,20 +59,16 @@ rule plots:
             caption="../report/update_trajectories.rst",
             category="Parameter updates",
         ),
-        scores=report(
-            "results/figures/scores_final.png", caption="../report/scores_final.rst", category="Benchmarks"
-        ),
+        scores=report("results/figures/scores_final.png", caption="../report/scores_final.rst", category="Benchmarks"),
         by_step=report(
             "results/figures/scores_by_step.png", caption="../report/scores_by_step.rst", category="Benchmarks"
         ),
-        kl=report(
-            "results/figures/kl_trajectories.png", caption="../report/kl_trajectories.rst", category="KL"
-        ),
+        kl=report("results/figures/kl_trajectories.png", caption="../report/kl_trajectories.rst", category="KL"),
     log:
         "logs/plots/plots.log",
     localrule: True
     conda:
         "../../envs/report.yaml"
     shell:
-        "python -m scalpel plots --tables \"$(dirname {input.summary:q})\" --spec {input.spec:q}"
-        " --outdir \"$(dirname {output.heatmaps:q})\" > {log:q} 2>&1"
+        'python -m scalpel plots --tables "$(dirname {input.summary:q})" --spec {input.spec:q}'
+        ' --outdir "$(dirname {output.heatmaps:q})" > {log:q} 2>&1'

@@ -1,6 +1,11 @@
 rule launch_files:
     output:
         "results/launch/accelerate.yaml",
+    log:
+        "logs/launch_files/launch_files.log",
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
     params:
         stage=DEEPSPEED["zero_stage"],
         bf16=["--bf16"] if config["model"]["dtype"] == "bfloat16" else [],
@@ -9,26 +14,21 @@ rule launch_files:
             if DEEPSPEED["param_persistence_threshold"] is not None
             else []
         ),
-    log:
-        "logs/launch_files/launch_files.log",
-    localrule: True
-    conda:
-        "../../envs/train.yaml"
     shell:
         "python -m scalpel launch files --stage {params.stage:q} --num-processes 1 {params.bf16:q}"
-        " {params.threshold:q} --outdir \"$(dirname {output:q})\" > {log:q} 2>&1"
+        ' {params.threshold:q} --outdir "$(dirname {output:q})" > {log:q} 2>&1'
 
 
 rule run_spec:
     output:
         "results/runs/{run}/spec.yaml",
-    params:
-        spec=lambda wildcards: RUNS[wildcards.run],
     log:
         "logs/run_spec/{run}.log",
     localrule: True
     conda:
         "../../envs/data.yaml"
+    params:
+        spec=lambda wildcards: RUNS[wildcards.run],
     script:
         "../scripts/write_spec.py"
 
@@ -44,22 +44,24 @@ rule train_sft:
     output:
         checkpoints=directory("results/runs/{run}/checkpoints"),
         history="results/runs/{run}/trainer_log.json",
-    wildcard_constraints:
-        run=method_constraint("sft"),
-    params:
-        state=lambda wildcards: f"results/runs/{wildcards.run}/state",
-        launcher=get_train_launcher,
-        omp_threads=get_train_omp_threads,
-        completions=lambda wildcards, output: ["--completions", output.completions] if "completions" in output.keys() else [],
-    threads: 1
-    resources:
-        **TRAIN_RESOURCES,
     log:
         "logs/train/{run}.log",
     benchmark:
         "benchmarks/train/{run}.tsv"
+    wildcard_constraints:
+        run=method_constraint("sft"),
     conda:
         "../../envs/train.yaml"
+    threads: 1
+    resources:
+        **TRAIN_RESOURCES,
+    params:
+        state=lambda wildcards: f"results/runs/{wildcards.run}/state",
+        launcher=get_train_launcher,
+        omp_threads=get_train_omp_threads,
+        completions=lambda wildcards, output: (
+            ["--completions", output.completions] if "completions" in output.keys() else []
+        ),
     shell:
         "OMP_NUM_THREADS={params.omp_threads} {params.launcher:q} train --spec {input.spec:q} --base {input.base:q}"
         " --data {input.data:q} --state {params.state:q} > {log:q} 2>&1"

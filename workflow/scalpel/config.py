@@ -4,9 +4,9 @@ from __future__ import annotations
 import copy
 import math
 
-import yaml
 
 METHODS = ("grpo", "sft")
+BASE = "base"  # the base model's run name in every table and path; no run may take it
 
 
 class ConfigError(ValueError):
@@ -144,9 +144,10 @@ def settings_table(config: dict, runs: dict[str, dict]) -> str:
     launch = config.get("launch", {})
     ds, vllm = launch.get("deepspeed", {}), launch.get("vllm", {})
     model = config.get("model", {})
+    vllm_setting = f"{vllm.get('mode')} at {vllm.get('gpu_memory_utilization')}" if vllm.get("enabled") else "off"
     lines = [f"model {model.get('base')} dtype {model.get('dtype')} attention {model.get('attn_implementation')}; "
              f"DeepSpeed {'ZeRO-' + str(ds.get('zero_stage')) if ds.get('enabled') else 'off'}; "
-             f"vLLM {vllm.get('mode') + ' at ' + str(vllm.get('gpu_memory_utilization')) if vllm.get('enabled') else 'off'}; "
+             f"vLLM {vllm_setting}; "
              f"base evaluated with the {config.get('eval', {}).get('base_chat_template', 'study')} chat template"]
     header = ("run", "method", "steps", "ckpts", "lr", "batch/step", "max/device", "bf16", "grad ckpt", "frozen")
     rows = [header]

@@ -153,7 +153,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fewshot-as-multiturn", default="{}",
                    help="JSON of config eval.fewshot_as_multiturn (task -> examples as chat turns; default true)")
     p.add_argument("--chat-template", default=None,
-                   help="a Jinja chat template file used instead of the checkpoint tokenizer's (eval.base_chat_template)")
+                   help="a Jinja chat template file used instead of the checkpoint tokenizer's "
+                        "(eval.base_chat_template)")
     p.set_defaults(func=main)
 
 

@@ -14,7 +14,7 @@ import yaml
 from .config import ConfigError
 
 # A model folder as transformers and safetensors read it; no pickled weights, no repository code.
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -52,7 +52,7 @@ def model_snapshot(source: str, revision: str | None = None) -> Path:
         return Path(source)
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(source, revision=revision, allow_patterns=MODEL_FILES))
+    return Path(snapshot_download(source, revision=revision, allow_patterns=MODEL_FILE_PATTERNS))
 
 
 def weight_files(folder: Path, source: str) -> list[Path]:

@@ -13,7 +13,6 @@ computed from the logits in float64 (`log_softmax`) whatever the models' dtype. 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 

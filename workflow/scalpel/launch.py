@@ -12,7 +12,8 @@ Two files describe a DeepSpeed launch, both written by `write_launch_files`:
 
 Only `accelerate launch` with `distributed_type: DEEPSPEED` starts several CPU processes: `--cpu`, MULTI_CPU and FSDP
 configs silently run one process on CPU, and torchrun/deepspeed with a json in the trainer args fail on the batch
-size check (accelerate 1.15, TRL 1.16, DeepSpeed 0.19; tests/test_deepspeed.py runs the working one). Whether the processes use CPU (gloo) or GPU (nccl) is decided by
+size check (accelerate 1.15, TRL 1.16, DeepSpeed 0.19; tests/test_deepspeed.py runs the working one). Whether the
+processes use CPU (gloo) or GPU (nccl) is decided by
 the run's `use_cpu` TRL argument; the yaml's `use_cpu` only records it.
 
 `train_command` returns the launcher prefix that replaces `python -m scalpel` in the training rule:

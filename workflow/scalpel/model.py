@@ -43,7 +43,8 @@ def build_tokenizer(lines: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 
 def olmo2_config(cfg: dict, vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int) -> Olmo2Config:
-    """The miniature's architecture from config `model.build` (the plan-time checks build its parameter names from it)."""
+    """The miniature's architecture from config `model.build` (the plan-time checks build its parameter names from
+    it)."""
     return Olmo2Config(
         vocab_size=vocab_size,
         hidden_size=cfg["hidden_size"],
@@ -75,7 +76,8 @@ def pretrain(model, tokenizer, rows: list[dict], cfg: dict, seed: int, workdir: 
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
-        output_dir=str(workdir), max_steps=cfg["pretrain_steps"], per_device_train_batch_size=cfg["pretrain_batch_size"],
+        output_dir=str(workdir), max_steps=cfg["pretrain_steps"],
+        per_device_train_batch_size=cfg["pretrain_batch_size"],
         learning_rate=cfg["pretrain_lr"], lr_scheduler_type="cosine", warmup_steps=max(1, cfg["pretrain_steps"] // 20),
         weight_decay=0.0, logging_steps=max(1, cfg["pretrain_steps"] // 20), save_strategy="no", report_to="none",
         bf16=False, use_cpu=True, gradient_checkpointing=False, max_length=cfg["max_position_embeddings"],

@@ -95,7 +95,8 @@ def load_source(path_or_id: str, config: str | None = "extended", split: str = "
 def require_columns(dataset, columns, source_name: str) -> None:
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"{source_name}: missing column(s) {', '.join(missing)} (has {', '.join(dataset.column_names)})")
+        raise ValueError(f"{source_name}: missing column(s) {', '.join(missing)} "
+                         f"(has {', '.join(dataset.column_names)})")
 
 
 def _source_name(dataset, source_name: str | None) -> str:
@@ -203,7 +204,8 @@ def math500_reference(path_or_id: str = MATH500_ID, system_prompt: str | None = 
 def add_parser(subparsers) -> None:
     ap = subparsers.add_parser("openr1", help="the paper's data: OpenR1-Math cn_k12 for GRPO and SFT",
                                description="OpenR1-Math-220k -> GRPO prompts and SFT conversations (paper scale).")
-    ap.add_argument("--source", default=OPENR1_ID, help="hub id, local copy of the hub repository, or data file(s) folder")
+    ap.add_argument("--source", default=OPENR1_ID,
+                    help="hub id, local copy of the hub repository, or data file(s) folder")
     ap.add_argument("--config", default="extended")
     ap.add_argument("--split", default="train")
     ap.add_argument("--revision", default=None, help="hub revision of --source (branch, tag or commit)")

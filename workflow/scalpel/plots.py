@@ -5,15 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib import colormaps
 from matplotlib.colors import Normalize
 # Figure without pyplot renders through Agg and leaves the global backend alone.
 from matplotlib.figure import Figure
 
+from .config import BASE
 from .diff import MODULES
-from .io import atomic_output
-from .tables import BASE, read_tsv
+from .io import atomic_output, read_yaml
+from .tables import add_spec_and_outdir, read_tsv
 
 LINESTYLE = {"grpo": "-", "sft": "--"}
 BASE_COLOR = "0.55"
@@ -73,7 +73,8 @@ def heatmaps(updates: pd.DataFrame, out_png, annotate_max_cells: int = 120) -> l
 
 
 def module_trajectories(module_means: pd.DataFrame, out_png) -> dict:
-    """Mean update over layers vs % of training, one panel per module; GRPO solid, SFT dashed. Returns module -> Axes."""
+    """Mean update over layers vs % of training, one panel per module; GRPO solid, SFT dashed.
+    Returns module -> Axes."""
     colors = _colors(module_means.run)
     fig = Figure(figsize=(13, 6), layout="constrained")
     grid = fig.subplots(2, 4, sharex=True).ravel()
@@ -171,14 +172,14 @@ def scores_vs_step(scores: pd.DataFrame, primary: dict, runs: dict, out_png) -> 
 def add_parser(subparsers) -> None:
     ap = subparsers.add_parser("plots", help="the paper's figures from the tables",
                                description="Draw the figures from the tables written by scalpel.tables.")
-    ap.add_argument("--tables", required=True, help="folder with scores.tsv, updates.tsv, update_module_means.tsv, summary.tsv")
-    ap.add_argument("--spec", required=True, help="YAML with runs: {name: {method, checkpoint_steps}}, primary: {task: metric}")
-    ap.add_argument("--outdir", required=True)
+    ap.add_argument("--tables", required=True,
+                    help="folder with scores.tsv, updates.tsv, update_module_means.tsv, summary.tsv")
+    add_spec_and_outdir(ap)
     ap.set_defaults(func=main)
 
 
 def main(args) -> None:
-    spec = yaml.safe_load(Path(args.spec).read_text())
+    spec = read_yaml(args.spec)
     tables, out = Path(args.tables), Path(args.outdir)
 
     heatmaps(read_tsv(tables / "updates.tsv"), out / "update_heatmaps.png")

@@ -7,7 +7,6 @@ parts, which depend on the submission, are left out.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil

@@ -5,15 +5,13 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from . import io
+from . import evaluate, io
 from .authors import compare
+from .config import BASE
 from .diff import MODULES
-from .io import write_tsv
+from .io import read_yaml, write_tsv
 
-SCORE_COLUMNS = ["run", "step", "task", "metric", "value", "stderr"]
-BASE = "base"
 # Names that must stay strings even when they look like numbers (a run called "1e-5").
 _TEXT = {"run": str, "task": str, "metric": str, "module": str, "method": str, "numerator": str, "denominator": str}
 
@@ -42,12 +40,12 @@ def _in_order(df: pd.DataFrame, by: list[str], runs=None) -> pd.DataFrame:
 def scores_table(eval_files) -> pd.DataFrame:
     frames = [read_tsv(f) for f in eval_files]
     if not frames:
-        return pd.DataFrame(columns=SCORE_COLUMNS)
+        return pd.DataFrame(columns=evaluate.COLUMNS)
     scores = pd.concat(frames, ignore_index=True)
-    missing = set(SCORE_COLUMNS) - set(scores.columns)
+    missing = set(evaluate.COLUMNS) - set(scores.columns)
     if missing:
         raise ValueError(f"eval tables lack columns {sorted(missing)}")
-    return scores[SCORE_COLUMNS].sort_values(["run", "step", "task", "metric"], ignore_index=True)
+    return scores[evaluate.COLUMNS].sort_values(["run", "step", "task", "metric"], ignore_index=True)
 
 
 def updates_table(diff_files, runs: dict) -> pd.DataFrame:
@@ -119,13 +117,19 @@ def add_parser(subparsers) -> None:
     ap.add_argument("--diff", nargs="+", required=True, help="diff parquets from scalpel.diff")
     ap.add_argument("--kl", nargs="*", default=[], help="KL JSONs from scalpel.kl")
     ap.add_argument("--authors", default=None, help="the authors' numbers (workflow/report/authors.yaml)")
-    ap.add_argument("--spec", required=True, help="YAML with runs: {name: {method, checkpoint_steps}}, primary: {task: metric}")
-    ap.add_argument("--outdir", required=True)
+    add_spec_and_outdir(ap)
     ap.set_defaults(func=main)
 
 
+def add_spec_and_outdir(ap) -> None:
+    """The arguments tables and plots share: the analysis spec (rule analysis_spec) and the output folder."""
+    ap.add_argument("--spec", required=True,
+                    help="YAML with runs: {name: {method, checkpoint_steps}}, primary: {task: metric}")
+    ap.add_argument("--outdir", required=True)
+
+
 def main(args) -> None:
-    spec = yaml.safe_load(Path(args.spec).read_text())
+    spec = read_yaml(args.spec)
     runs, primary = spec["runs"], spec["primary"]
 
     scores = scores_table(args.eval)
@@ -144,6 +148,6 @@ def main(args) -> None:
     if args.authors:
         final_steps = {BASE: 0, **{run: final_step(runs, run) for run in runs}}
         methods = {run: spec["method"] for run, spec in runs.items()}
-        authors = yaml.safe_load(Path(args.authors).read_text())
+        authors = read_yaml(args.authors)
         write_tsv(compare(authors, spec.get("authors", {}), final_steps, scores, means, kl, methods),
                   out / "authors_comparison.tsv")

@@ -26,7 +26,7 @@ from .io import atomic_output, read_jsonl
 from .publish import clear_folder, is_finished, mark_finished, spec_hash
 
 log = logging.getLogger(__name__)
-MODEL_FILES = ("config.json", "generation_config.json", "chat_template.jinja", "special_tokens_map.json",
+MODEL_FILE_NAMES = ("config.json", "generation_config.json", "chat_template.jinja", "special_tokens_map.json",
                "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json")
 
 
@@ -35,7 +35,8 @@ def export_checkpoint(src: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    names = [p.name for p in src.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name in MODEL_FILES)]
+    names = [p.name for p in src.iterdir()
+             if p.is_file() and (p.suffix == ".safetensors" or p.name in MODEL_FILE_NAMES)]
     if not any(n.endswith(".safetensors") for n in names):
         raise FileNotFoundError(f"{src} holds no safetensors weights (ZeRO-3 needs zero3_save_16bit_model)")
     for name in names:
@@ -216,7 +217,8 @@ def _arm_save_fault(trainer, state_dir: Path) -> None:
 
 
 def attn_implementation(choice: str | None) -> str | None:
-    """`model.attn_implementation`; auto = flash_attention_2 where flash-attn is installed and CUDA present, else sdpa."""
+    """`model.attn_implementation`; auto = flash_attention_2 where flash-attn is installed and CUDA present, else
+    sdpa."""
     if choice in (None, "auto"):
         import importlib.util
 

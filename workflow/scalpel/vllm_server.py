@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import subprocess
-import sys
 
 log = logging.getLogger(__name__)
 URL_VARIABLE = "SCALPEL_VLLM_SERVER_URL"
