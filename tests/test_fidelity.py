@@ -4,16 +4,9 @@ import pytest
 from conftest import ROOT
 from scalpel import evaluate, lm_backends, synthetic, tasks
 from scalpel.chat import OWN_TEMPLATE
+from test_hub import OLMO_TEMPLATE  # OLMo-2-1124-7B-Instruct's own template as published
 
 PAPER = ROOT / "config/paper.yaml"
-# OLMo-2-1124-7B-Instruct's own template as published ("tulu": no system prompt unless the conversation has one).
-OLMO_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\n' + "
-    "message['content'] + '\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '\n' }}"
-    "{% elif message['role'] == 'assistant' %}{% if not loop.last %}{{ '<|assistant|>\n'  + message['content'] + "
-    "eos_token + '\n' }}{% else %}{{ '<|assistant|>\n'  + message['content'] + eos_token }}{% endif %}{% endif %}"
-    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}"
-)
 
 
 @pytest.fixture(scope="module")
