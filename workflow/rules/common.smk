@@ -175,7 +175,12 @@ def analysis_spec():
     runs = {
         name: {"method": spec["method"], "checkpoint_steps": spec["checkpoint_steps"]} for name, spec in RUNS.items()
     }
-    return {"runs": runs, "primary": config["eval"]["primary_metrics"], "authors": config["report"]["authors"]}
+    return {
+        "runs": runs,
+        "primary": config["eval"]["primary_metrics"],
+        **study_config.task_domains(config),
+        "authors": config["report"]["authors"],
+    }
 
 
 AUTHORS_NUMBERS = str(Path(workflow.basedir) / "workflow/report/authors.yaml")

@@ -125,9 +125,10 @@ def check_launch(config: dict) -> None:
 def eval_suites(config: dict, final: bool) -> list[str]:
     """Suites evaluated on a checkpoint: all on the base and final checkpoints, final_only ones skipped elsewhere."""
     ev = config["eval"]
-    unknown = set(ev.get("final_only", [])) - set(ev["tasks"])
-    if unknown:
-        raise ConfigError(f"eval.final_only names unknown suites: {sorted(unknown)} (suites: {sorted(ev['tasks'])})")
+    for key in ("final_only", "in_domain"):
+        unknown = set(ev.get(key, [])) - set(ev["tasks"])
+        if unknown:
+            raise ConfigError(f"eval.{key} names unknown suites: {sorted(unknown)} (suites: {sorted(ev['tasks'])})")
     tasks = {task for suite in ev["tasks"].values() for task in suite}
     for key in ("num_fewshot", "primary_metrics", "fewshot_as_multiturn"):
         stray = sorted(set(ev.get(key, {})) - tasks)
@@ -137,6 +138,14 @@ def eval_suites(config: dict, final: bool) -> list[str]:
         raise ConfigError("eval.base_chat_template: own needs a published base model; the built one (model.base: "
                           "build) has only the study template")
     return [s for s in ev["tasks"] if final or s not in ev.get("final_only", [])]
+
+
+def task_domains(config: dict) -> dict[str, list[str]]:
+    """The tasks in domain (suites of `eval.in_domain`) and out of domain (every other suite), in config order."""
+    ev = config["eval"]
+    in_suites = set(ev.get("in_domain", ["math"]))
+    return {"in_domain": [t for s, ts in ev["tasks"].items() if s in in_suites for t in ts],
+            "out_of_domain": [t for s, ts in ev["tasks"].items() if s not in in_suites for t in ts]}
 
 
 def settings_table(config: dict, runs: dict[str, dict]) -> str:
