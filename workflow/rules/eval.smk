@@ -4,7 +4,8 @@ rule evaluate:
         tasks=LOCAL_TASK_DIR or [],
         prefetch=get_eval_prefetch(),
     output:
-        "results/eval/{run}/step-{step}.tsv",
+        table="results/eval/{run}/step-{step}.tsv",
+        items="results/eval/{run}/step-{step}.items.tsv",
     log:
         "logs/evaluate/{run}/step-{step}.log",
     benchmark:
@@ -25,12 +26,14 @@ rule evaluate:
         num_fewshot=json.dumps(config["eval"]["num_fewshot"]),
         model_args=json.dumps(config["eval"]["model_args"]),
         multiturn=json.dumps(config["eval"]["fewshot_as_multiturn"]),
+        clusters=json.dumps(config["eval"]["item_clusters"]),
         chat_template=get_eval_chat_template,
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel evaluate --checkpoint {params.checkpoint:q}"
-        " --tasks {params.tasks:q} {params.task_dir:q} --out {output:q} --run {wildcards.run}"
+        " --tasks {params.tasks:q} {params.task_dir:q} --out {output.table:q} --run {wildcards.run}"
         " --step {wildcards.step} --backend {params.backend:q} --dtype {params.dtype:q}"
         " --batch-size {params.batch_size:q} {params.limit:q} --seed {params.seed:q}"
         " --gen-kwargs {params.gen_kwargs:q} --num-fewshot {params.num_fewshot:q}"
         " --model-args {params.model_args:q} --fewshot-as-multiturn {params.multiturn:q}"
+        " --item-clusters {params.clusters:q}"
         " {params.chat_template:q} > {log:q} 2>&1"

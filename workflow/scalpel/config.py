@@ -130,7 +130,7 @@ def eval_suites(config: dict, final: bool) -> list[str]:
         if unknown:
             raise ConfigError(f"eval.{key} names unknown suites: {sorted(unknown)} (suites: {sorted(ev['tasks'])})")
     tasks = {task for suite in ev["tasks"].values() for task in suite}
-    for key in ("num_fewshot", "primary_metrics", "fewshot_as_multiturn"):
+    for key in ("num_fewshot", "primary_metrics", "fewshot_as_multiturn", "item_clusters"):
         stray = sorted(set(ev.get(key, {})) - tasks)
         if stray:
             raise ConfigError(f"eval.{key} names tasks that eval.tasks does not run: {stray}")

@@ -1,7 +1,8 @@
 """Evaluate one checkpoint with lm-eval's harness and normalise its results to a tidy table.
 
-The table has one row per (task, metric): run, step, task, metric, value, stderr. lm-eval's own results JSON and
-per-sample logs are kept beside it.
+The table has one row per (task, metric): run, step, task, metric, value, stderr. Beside it: lm-eval's own results
+JSON, its per-sample log (samples.jsonl, with each document's id and metric values) and the per-item scores
+(items.tsv, see scalpel.items) that confidence intervals and paired differences are computed from.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import atomic_output, check_safetensors
+from . import items as item_scores
+from .io import atomic_output, check_safetensors, write_tsv
 
 log = logging.getLogger(__name__)
 COLUMNS = ["run", "step", "task", "metric", "value", "stderr"]
@@ -68,7 +70,8 @@ def task_paths(task_dir: str | None) -> list[str]:
 
 
 def _merge(results: list[dict]) -> dict:
-    merged = {key: {} for key in ("results", "configs", "versions", "n-shot", "n-samples", "samples")}
+    merged = {key: {} for key in ("results", "configs", "versions", "n-shot", "n-samples", "samples",
+                                  "group_subtasks")}
     for res in results:
         for key in merged:
             merged[key].update(res.get(key) or {})
@@ -111,23 +114,34 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         ))
     res = _merge(results)
+    res["group_weight_by_size"] = item_scores.group_weighting(manager, res["group_subtasks"])
     return normalise(res["results"], run, step), res
 
 
-def run(checkpoint: str, tasks: list[str], task_dir: str | None, out_tsv: str, *, run: str, step: int, **kwargs):
-    """Evaluate and write the table, with lm-eval's results and samples beside it (each file atomically, the table
-    last)."""
+def items_path(out_tsv) -> Path:
+    """Where the per-item scores of an eval table are: step-N.tsv -> step-N.items.tsv."""
+    return Path(out_tsv).with_suffix(".items.tsv")
+
+
+def run(checkpoint: str, tasks: list[str], task_dir: str | None, out_tsv: str, *, run: str, step: int,
+        item_clusters: dict[str, str] | None = None, **kwargs):
+    """Evaluate and write the table, with lm-eval's results, samples and the per-item scores beside it (each file
+    atomically, the table last). `item_clusters`: config eval.item_clusters (task -> document field)."""
     check_safetensors(checkpoint)
     table, res = evaluate(checkpoint, tasks, task_dir, run=run, step=step, **kwargs)
+    rows = item_scores.from_results(res, res["group_weight_by_size"], item_clusters)
     out = Path(out_tsv)
+    keep = ("results", "configs", "versions", "n-shot", "n-samples", "group_subtasks", "group_weight_by_size")
     with atomic_output(out.with_suffix(".lm_eval.json")) as tmp:
-        tmp.write_text(json.dumps({k: res[k] for k in ("results", "configs", "versions", "n-shot", "n-samples")},
-                                  indent=1, default=str))
+        tmp.write_text(json.dumps({k: res[k] for k in keep}, indent=1, default=str))
     with atomic_output(out.with_suffix(".samples.jsonl")) as tmp, open(tmp, "w") as fh:
         for task, samples in res["samples"].items():
             for s in samples:
-                fh.write(json.dumps({"task": task, "doc": s["doc"], "resps": s["resps"],
-                                     "filtered_resps": s["filtered_resps"]}, default=str) + "\n")
+                # per-item metric values: paired differences between models need them (stats on items)
+                fh.write(json.dumps({"task": task, "doc_id": s["doc_id"], "doc": s["doc"], "resps": s["resps"],
+                                     "filtered_resps": s["filtered_resps"],
+                                     "metrics": {m: s[m] for m in s["metrics"]}}, default=str) + "\n")
+    write_tsv(rows, items_path(out))
     with atomic_output(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
@@ -152,6 +166,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-args", default="{}", help="JSON of config eval.model_args")
     p.add_argument("--fewshot-as-multiturn", default="{}",
                    help="JSON of config eval.fewshot_as_multiturn (task -> examples as chat turns; default true)")
+    p.add_argument("--item-clusters", default="{}",
+                   help="JSON of config eval.item_clusters (task -> the document field that clusters its items)")
     p.add_argument("--chat-template", default=None,
                    help="a Jinja chat template file used instead of the checkpoint tokenizer's "
                         "(eval.base_chat_template)")
@@ -165,5 +181,6 @@ def main(args) -> None:
                 device=args.device, gen_kwargs=json.loads(args.gen_kwargs), num_fewshot=json.loads(args.num_fewshot),
                 extra_model_args=json.loads(args.model_args),
                 chat_template=Path(args.chat_template).read_text() if args.chat_template else None,
-                fewshot_as_multiturn=json.loads(args.fewshot_as_multiturn))
+                fewshot_as_multiturn=json.loads(args.fewshot_as_multiturn),
+                item_clusters=json.loads(args.item_clusters))
     log.info("\n%s", table.to_string(index=False))
