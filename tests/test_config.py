@@ -109,3 +109,25 @@ def test_derived_batch_settings_cannot_also_be_given(default_config):
     cfg["runs"]["sft"].update(global_batch_size=32, args={"gradient_accumulation_steps": 2})
     with pytest.raises(study_config.ConfigError, match="runs.sft.args.gradient_accumulation_steps is derived"):
         study_config.resolve_runs(cfg)
+
+
+def test_seeds_expand_a_run_into_one_run_per_seed(default_config):
+    default_config["runs"]["grpo"]["seeds"] = [1, 2, 3]
+    default_config["train_seeds"] = [7]
+    runs = study_config.resolve_runs(default_config)
+    grpo = [name for name in runs if runs[name]["group"] == "grpo"]
+    assert grpo == ["grpo-seed1", "grpo-seed2", "grpo-seed3"]
+    assert [runs[n]["args"]["seed"] for n in grpo] == [1, 2, 3] == [runs[n]["seed"] for n in grpo]
+    # One seed (train_seeds here) keeps the name and sets TRL's seed.
+    assert runs["sft"]["group"] == "sft" and runs["sft"]["args"]["seed"] == 7
+    assert runs["grpo-seed2"]["checkpoint_steps"] == runs["grpo-seed1"]["checkpoint_steps"]
+
+
+def test_seed_names_may_not_clash_and_seeds_not_repeat(default_config):
+    default_config["runs"]["grpo"]["seeds"] = [1, 1]
+    with pytest.raises(study_config.ConfigError, match=r"runs.grpo.seeds .* repeats a seed"):
+        study_config.resolve_runs(default_config)
+    default_config["runs"]["grpo"]["seeds"] = [0, 1]
+    default_config["runs"]["grpo-seed1"] = {"inherit": "sft"}
+    with pytest.raises(study_config.ConfigError, match="runs.grpo-seed1: the name of seed 1 of run grpo"):
+        study_config.resolve_runs(default_config)

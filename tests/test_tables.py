@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from scalpel import cli, plots, tables
+from scalpel import cli, intervals, plots, tables
 from scalpel.diff import MODULES
 from scalpel.io import write_parquet, write_tsv
 
@@ -34,6 +34,16 @@ def score(run, step, task):
     return {"math": 0.1, "facts": 0.5}[task] + 0.01 * step + (0.2 if run == "hammer" else 0.0)
 
 
+ITEMS = 10
+NOISE = [0.05 * (-1) ** i for i in range(ITEMS)]  # the same on every model: paired differences are exact
+
+
+def item_rows(run, step):
+    return pd.DataFrame([{"task": task, "metric": metric, "item": str(i), "value": score(run, step, task) + e,
+                          "cluster": str(i), "weight": 1.0}
+                         for task, metric in PRIMARY.items() for i, e in enumerate(NOISE)])
+
+
 @pytest.fixture
 def inputs(tmp_path):
     eval_files, diff_files = [], []
@@ -44,6 +54,7 @@ def inputs(tmp_path):
         rows.append({"run": run, "step": step, "task": "math", "metric": "other", "value": -1.0, "stderr": 0.0})
         path = tmp_path / "eval" / f"{run}_{step}.tsv"
         write_tsv(pd.DataFrame(rows), path)
+        write_tsv(item_rows(run, step), path.with_suffix(".items.tsv"))
         eval_files.append(path)
         if run == "base":
             continue
@@ -54,7 +65,8 @@ def inputs(tmp_path):
         write_parquet(diff, path)
         diff_files.append(path)
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"runs": RUNS, "primary": PRIMARY}, sort_keys=False))
+    spec.write_text(yaml.safe_dump({"runs": RUNS, "primary": PRIMARY, "in_domain": ["math"],
+                                    "out_of_domain": ["facts"]}, sort_keys=False))
     return tmp_path, eval_files, diff_files, spec
 
 
@@ -169,15 +181,16 @@ def test_clis_write_every_table_and_figure(inputs):
     cli.main(["tables", "--eval", *map(str, eval_files), "--diff", *map(str, diff_files), "--spec", str(spec),
                  "--outdir", str(tmp_path / "tables")])
     written = {p.name for p in (tmp_path / "tables").iterdir()}
-    assert written == {"scores.tsv", "updates.tsv", "update_module_means.tsv", "summary.tsv", "ratios.tsv"}
+    assert written == {"scores.tsv", "updates.tsv", "update_module_means.tsv", "summary.tsv", "ratios.tsv",
+                       "differences.tsv", "seeds.tsv"}
     ratios = tables.read_tsv(tmp_path / "tables" / "ratios.tsv")
     assert list(ratios.denominator) == ["scalpel", "2e-6"]
     assert list(tables.read_tsv(tmp_path / "tables" / "summary.tsv").run) == ["base", "hammer", "scalpel", "2e-6"]
 
     cli.main(["plots", "--tables", str(tmp_path / "tables"), "--spec", str(spec), "--outdir", str(tmp_path / "fig")])
     figures = sorted((tmp_path / "fig").iterdir())
-    assert [p.name for p in figures] == ["scores_by_step.png", "scores_final.png", "update_heatmaps.png",
-                                         "update_trajectories.png"]
+    assert [p.name for p in figures] == ["differences_final.png", "scores_by_step.png", "scores_final.png",
+                                         "update_heatmaps.png", "update_trajectories.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
 
 
@@ -242,3 +255,63 @@ def test_authors_comparison_names_an_unknown_benchmark(built):
     with pytest.raises(ValueError, match="report.authors.benchmarks: the authors report no 'GSM8K'"):
         compare(AUTHORS, {"runs": {}, "benchmarks": {"GSM8K": "math,acc"}}, {"base": 0}, scores,
                 tables.module_means(updates), None, {})
+
+
+def test_scores_carry_item_intervals_and_lm_eval_stderr_where_there_are_no_items(inputs):
+    _, eval_files, _, _ = inputs
+    scores = tables.scores_table(eval_files, intervals.load_items(eval_files))
+    row = scores[(scores.run == "hammer") & (scores.step == 8) & (scores.task == "facts")].iloc[0]
+    half = 1.959963984540054 * pd.Series(NOISE).std() / math.sqrt(ITEMS)
+    assert (row.n_items, row.interval) == (ITEMS, "normal")
+    assert (row.ci_low, row.ci_high) == pytest.approx((row.value - half, row.value + half))
+    other = scores[(scores.metric == "other")].iloc[0]
+    assert other.interval == "lm-eval stderr" and other.ci_low == other.ci_high == -1.0
+
+
+def test_differences_are_paired_over_items_and_domains_combine_tasks(inputs):
+    _, eval_files, _, _ = inputs
+    items = intervals.load_items(eval_files)
+    diffs = intervals.differences(items, RUNS, PRIMARY, {"in_domain": ["math"], "out_of_domain": ["facts"]})
+    vs_base = diffs[diffs.comparison == "vs base"]
+    # 7 checkpoints x (2 tasks + 2 domain means); 3 final checkpoints give 3 run pairs x 4 rows.
+    assert len(vs_base) == 7 * 4 and len(diffs) == 7 * 4 + 3 * 4
+    row = vs_base[(vs_base.run == "hammer") & (vs_base.step == 12) & (vs_base.task == "facts")].iloc[0]
+    # The item noise is the same on both models: the paired difference is exact, with a zero-width interval.
+    assert row["diff"] == pytest.approx(0.2 + 0.12) and row.low == pytest.approx(row.high)
+    assert row.significant and row.n == ITEMS
+    ood = vs_base[(vs_base.run == "hammer") & (vs_base.step == 12) & (vs_base.task == "out-of-domain mean")].iloc[0]
+    assert ood["diff"] == pytest.approx(row["diff"]) and ood.mean_b == pytest.approx(0.5)
+    pair = diffs[(diffs.comparison == "run vs run") & (diffs.run == "hammer") & (diffs.vs_run == "scalpel")]
+    assert pair[pair.task == "math"]["diff"].iloc[0] == pytest.approx(0.2 + 0.12 - 0.10)
+    table = tables.summary(tables.scores_table(eval_files, items), tables.updates_table(inputs[2], RUNS), RUNS,
+                           PRIMARY, diffs)
+    hammer = table.set_index("run").loc["hammer"]
+    assert hammer.out_of_domain_delta == pytest.approx(0.32) and bool(hammer.out_of_domain_delta_significant)
+    assert hammer.facts_low < hammer.facts < hammer.facts_high
+
+
+def test_seed_table_aggregates_seeds_of_one_run():
+    runs = {f"g-seed{s}": {"group": "g", "seed": s} for s in (1, 2, 3)} | {"x": {"group": "x", "seed": 0}}
+    summary = pd.DataFrame({"run": ["base", "g-seed1", "g-seed2", "g-seed3", "x"], "facts": [0.5, 0.1, 0.2, 0.3, 0.9]})
+    seeds = intervals.seed_table(summary, runs, ["facts"])
+    row = seeds.iloc[0]
+    assert (row.group, row.quantity, row.n_seeds) == ("g", "facts", 3)
+    assert row["mean"] == pytest.approx(0.2) and row.sd == pytest.approx(0.1)
+    assert row["value@seed=2"] == pytest.approx(0.2) and len(seeds) == 1
+
+
+def test_figures_draw_the_intervals(inputs, tmp_path):
+    _, eval_files, diff_files, _ = inputs
+    items = intervals.load_items(eval_files)
+    scores = tables.scores_table(eval_files, items)
+    diffs = intervals.differences(items, RUNS, PRIMARY, {"in_domain": ["math"], "out_of_domain": ["facts"]})
+    summary = tables.summary(scores, tables.updates_table(diff_files, RUNS), RUNS, PRIMARY, diffs)
+    bars = plots.scores_bars(summary, list(PRIMARY), tmp_path / "b.png")
+    caps = bars["hammer"].errorbar.lines[1]  # the error bar caps sit at the interval's ends
+    tops = sorted(y for cap in caps for y in cap.get_ydata())
+    row = summary.set_index("run").loc["hammer"]
+    assert tops[-1] == pytest.approx(row.facts_high)
+    axes = plots.differences_forest(diffs, RUNS, tmp_path / "d.png")
+    assert list(axes) == ["math", "facts", "in-domain mean", "out-of-domain mean"]
+    points = [line.get_xdata()[0] for line in axes["facts"].get_lines() if len(line.get_xdata()) == 1]
+    assert any(abs(x - 0.32) < 1e-9 for x in points)  # hammer's final facts score minus the base's

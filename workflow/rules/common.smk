@@ -130,6 +130,10 @@ def get_eval_files(wildcards=None):
     return [f"results/eval/{run}/step-{step}.tsv" for run, step in all_models()]
 
 
+def get_item_files(wildcards=None):
+    return [f"results/eval/{run}/step-{step}.items.tsv" for run, step in all_models()]
+
+
 def get_diff_files(wildcards=None):
     return [f"results/diff/{run}/step-{step}.parquet" for run in RUNS for _, step in checkpoints_of(run)]
 
@@ -172,9 +176,8 @@ def get_kl_reference():
 
 
 def analysis_spec():
-    runs = {
-        name: {"method": spec["method"], "checkpoint_steps": spec["checkpoint_steps"]} for name, spec in RUNS.items()
-    }
+    keys = ("method", "checkpoint_steps", "group", "seed")
+    runs = {name: {key: spec[key] for key in keys} for name, spec in RUNS.items()}
     return {
         "runs": runs,
         "primary": config["eval"]["primary_metrics"],
@@ -194,4 +197,5 @@ def get_final_outputs():
         "results/figures/scores_final.png",
         "results/figures/scores_by_step.png",
         "results/figures/kl_trajectories.png",
+        "results/figures/differences_final.png",
     ]

@@ -5,7 +5,7 @@ rule evaluate:
         prefetch=get_eval_prefetch(),
     output:
         table="results/eval/{run}/step-{step}.tsv",
-        items="results/eval/{run}/step-{step}.items.tsv",
+        item_scores="results/eval/{run}/step-{step}.items.tsv",
     log:
         "logs/evaluate/{run}/step-{step}.log",
     benchmark:

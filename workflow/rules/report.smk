@@ -18,6 +18,7 @@ rule analysis_spec:
 rule tables:
     input:
         evals=get_eval_files(),
+        item_scores=get_item_files(),
         diffs=get_diff_files(),
         kl=get_kl_files(),
         spec="results/tables/spec.yaml",
@@ -27,6 +28,8 @@ rule tables:
         updates=report("results/tables/updates.tsv", caption="../report/updates.rst", category="Tables"),
         module_means="results/tables/update_module_means.tsv",
         summary=report("results/tables/summary.tsv", caption="../report/summary.rst", category="Tables"),
+        differences=report("results/tables/differences.tsv", caption="../report/differences.rst", category="Tables"),
+        seeds=report("results/tables/seeds.tsv", caption="../report/seeds.rst", category="Tables"),
         ratios=report("results/tables/ratios.tsv", caption="../report/ratios.rst", category="Tables"),
         kl=report("results/tables/kl.tsv", caption="../report/kl.rst", category="Tables"),
         authors=report(
@@ -46,6 +49,7 @@ rule tables:
 rule plots:
     input:
         summary="results/tables/summary.tsv",
+        differences="results/tables/differences.tsv",
         kl="results/tables/kl.tsv",
         spec="results/tables/spec.yaml",
     output:
@@ -64,6 +68,11 @@ rule plots:
             "results/figures/scores_by_step.png", caption="../report/scores_by_step.rst", category="Benchmarks"
         ),
         kl=report("results/figures/kl_trajectories.png", caption="../report/kl_trajectories.rst", category="KL"),
+        differences=report(
+            "results/figures/differences_final.png",
+            caption="../report/differences_final.rst",
+            category="Benchmarks",
+        ),
     log:
         "logs/plots/plots.log",
     localrule: True

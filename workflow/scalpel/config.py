@@ -106,8 +106,33 @@ def resolve_run(config: dict, name: str) -> dict:
     return run
 
 
+def seeded_name(name: str, seed: int) -> str:
+    return f"{name}-seed{seed}"
+
+
 def resolve_runs(config: dict) -> dict[str, dict]:
-    return {name: resolve_run(config, name) for name in config["runs"]}
+    """Every run of the study. A run with several seeds (`runs.<name>.seeds`, else the top-level `train_seeds`)
+    becomes one run per seed, named <name>-seed<seed>, with TRL's `seed` set; each keeps `group` (the configured
+    name) so that tables can aggregate over seeds. A run with one seed or none keeps its name."""
+    runs = {}
+    for name in config["runs"]:
+        spec = resolve_run(config, name)
+        seeds = spec.pop("seeds", None) or config.get("train_seeds") or []
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"runs.{name}.seeds (or train_seeds) repeats a seed: {seeds}")
+        if len(seeds) == 1:
+            spec["args"]["seed"] = spec["seed"] = seeds[0]
+        if len(seeds) <= 1:
+            runs[name] = {**spec, "group": name}
+            continue
+        for seed in seeds:
+            one = copy.deepcopy(spec)
+            one["args"]["seed"] = one["seed"] = seed
+            one.update(name=seeded_name(name, seed), group=name)
+            if one["name"] in config["runs"]:
+                raise ConfigError(f"runs.{one['name']}: the name of seed {seed} of run {name}; rename one of them")
+            runs[one["name"]] = one
+    return runs
 
 
 def check_launch(config: dict) -> None:

@@ -120,7 +120,8 @@ def kl_trajectories(kl: pd.DataFrame, out_png) -> dict:
 
 
 def scores_bars(summary: pd.DataFrame, tasks, out_png) -> dict:
-    """Grouped bars: one group per task, one bar per model (base first). Returns model -> BarContainer."""
+    """Grouped bars: one group per task, one bar per model (base first), with the 95% interval of each score as an
+    error bar where the summary has one (<task>_low, <task>_high). Returns model -> BarContainer."""
     colors = _colors(summary.run[summary.run != BASE])
     tasks = list(tasks)
     width = 0.8 / len(summary)
@@ -130,12 +131,18 @@ def scores_bars(summary: pd.DataFrame, tasks, out_png) -> dict:
     for i, row in enumerate(summary.itertuples(index=False)):
         run, method = row.run, row.method
         x = np.arange(len(tasks)) + (i - (len(summary) - 1) / 2) * width
-        heights = [summary[task].iloc[i] for task in tasks]
-        bars[run] = ax.bar(x, heights, width, label=run if run == BASE else f"{run} ({method})",
+        heights = np.array([summary[task].iloc[i] for task in tasks])
+        errors = None
+        if all(f"{task}_low" in summary for task in tasks):
+            low = np.array([summary[f"{task}_low"].iloc[i] for task in tasks])
+            high = np.array([summary[f"{task}_high"].iloc[i] for task in tasks])
+            errors = np.clip([heights - low, high - heights], 0, None)
+        bars[run] = ax.bar(x, heights, width, yerr=errors, capsize=2, error_kw={"linewidth": 0.8},
+                           label=run if run == BASE else f"{run} ({method})",
                            color=BASE_COLOR if run == BASE else colors[run],
                            hatch="//" if method == "sft" else None, edgecolor="white", linewidth=0.5)
     ax.set_xticks(range(len(tasks)), tasks)
-    ax.set_ylabel("score (primary metric)")
+    ax.set_ylabel("score (primary metric), 95% interval")
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, out_png)
@@ -143,7 +150,9 @@ def scores_bars(summary: pd.DataFrame, tasks, out_png) -> dict:
 
 
 def scores_vs_step(scores: pd.DataFrame, primary: dict, runs: dict, out_png) -> dict:
-    """Primary metric vs training step, one panel per task; base as a dotted line. Returns task -> Axes."""
+    """Primary metric vs training step, one panel per task; base as a dotted line with its 95% interval as a grey
+    band, each run's 95% intervals as a band (lm-eval's +-1 stderr where scores have no interval). Returns task ->
+    Axes."""
     colors = _colors(runs)
     fig = Figure(figsize=(4 * len(primary), 3.3), layout="constrained")
     axes = dict(zip(primary, fig.subplots(1, len(primary), squeeze=False)[0]))
@@ -152,19 +161,52 @@ def scores_vs_step(scores: pd.DataFrame, primary: dict, runs: dict, out_png) -> 
         base = of_task[of_task.run == BASE]
         if not base.empty:
             ax.axhline(base.value.iloc[0], linestyle=":", color=BASE_COLOR, label=BASE)
+            if "ci_low" in base:
+                ax.axhspan(base.ci_low.iloc[0], base.ci_high.iloc[0], color=BASE_COLOR, alpha=0.12, linewidth=0)
         for run, spec in runs.items():
             rows = of_task[of_task.run == run].sort_values("step")
             style = LINESTYLE.get(spec["method"], ":")
             ax.plot(rows.step, rows.value, style, marker=".", color=colors[run], label=f"{run} ({spec['method']})")
-            if rows.stderr.notna().any():
-                ax.fill_between(rows.step, rows.value - rows.stderr, rows.value + rows.stderr,
-                                color=colors[run], alpha=0.15, linewidth=0)
+            low, high = ((rows.ci_low, rows.ci_high) if "ci_low" in rows
+                         else (rows.value - rows.stderr, rows.value + rows.stderr))
+            if low.notna().any():
+                ax.fill_between(rows.step, low, high, color=colors[run], alpha=0.15, linewidth=0)
         ax.set_title(f"{task} ({primary[task]})", fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     first = next(iter(axes.values()))
     first.set_ylabel("score")
     first.legend(fontsize=7)
+    _save(fig, out_png)
+    return axes
+
+
+def differences_forest(differences: pd.DataFrame, runs: dict, out_png) -> dict:
+    """Each run's final checkpoint minus the base, per task and domain mean: the paired difference with its 95%
+    interval; filled markers are significant after Benjamini-Hochberg, open ones are not. Returns task -> Axes."""
+    finals = {run: max(spec["checkpoint_steps"]) for run, spec in runs.items()}
+    vs_base = differences[(differences.comparison == "vs base")
+                          & (differences.step == differences.run.map(finals))]
+    tasks = list(dict.fromkeys(vs_base.task))
+    colors = _colors(runs)
+    fig = Figure(figsize=(3.2 * max(len(tasks), 1), 0.35 * len(runs) + 1.6), layout="constrained")
+    axes = dict(zip(tasks, fig.subplots(1, max(len(tasks), 1), squeeze=False, sharey=True)[0]))
+    names = list(runs)
+    for task, ax in axes.items():
+        rows = vs_base[vs_base.task == task].set_index("run")
+        for y, run in enumerate(names):
+            if run not in rows.index:
+                continue
+            r = rows.loc[run]
+            ax.errorbar(r["diff"], y, xerr=[[r["diff"] - r.low], [r.high - r["diff"]]], fmt="o", capsize=2,
+                        color=colors[run], markerfacecolor=colors[run] if r.significant_bh else "white")
+        ax.axvline(0, color=BASE_COLOR, linestyle=":")
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("change from base")
+        ax.grid(axis="x", alpha=0.3)
+    first = next(iter(axes.values()))
+    first.set_yticks(range(len(names)), names, fontsize=8)
+    first.invert_yaxis()
     _save(fig, out_png)
     return axes
 
@@ -186,5 +228,7 @@ def main(args) -> None:
     module_trajectories(read_tsv(tables / "update_module_means.tsv"), out / "update_trajectories.png")
     scores_bars(read_tsv(tables / "summary.tsv"), list(spec["primary"]), out / "scores_final.png")
     scores_vs_step(read_tsv(tables / "scores.tsv"), spec["primary"], spec["runs"], out / "scores_by_step.png")
+    if (tables / "differences.tsv").exists():
+        differences_forest(read_tsv(tables / "differences.tsv"), spec["runs"], out / "differences_final.png")
     if (tables / "kl.tsv").exists():
         kl_trajectories(read_tsv(tables / "kl.tsv"), out / "kl_trajectories.png")

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import evaluate, io
+from . import evaluate, intervals, io
 from .authors import compare
 from .config import BASE
 from .diff import MODULES
 from .io import read_yaml, write_tsv
 
 # Names that must stay strings even when they look like numbers (a run called "1e-5").
-_TEXT = {"run": str, "task": str, "metric": str, "module": str, "method": str, "numerator": str, "denominator": str}
+_TEXT = {"run": str, "task": str, "metric": str, "module": str, "method": str, "numerator": str, "denominator": str,
+         "vs_run": str, "comparison": str, "interval": str, "group": str, "quantity": str}
 
 
 def read_tsv(path) -> pd.DataFrame:
@@ -37,7 +38,8 @@ def _in_order(df: pd.DataFrame, by: list[str], runs=None) -> pd.DataFrame:
                           key=lambda col: col.map(order[col.name].index) if order.get(col.name) else col)
 
 
-def scores_table(eval_files) -> pd.DataFrame:
+def scores_table(eval_files, items: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every score of every evaluated model; with `items` (intervals.load_items), each with its 95% interval."""
     frames = [read_tsv(f) for f in eval_files]
     if not frames:
         return pd.DataFrame(columns=evaluate.COLUMNS)
@@ -45,7 +47,8 @@ def scores_table(eval_files) -> pd.DataFrame:
     missing = set(evaluate.COLUMNS) - set(scores.columns)
     if missing:
         raise ValueError(f"eval tables lack columns {sorted(missing)}")
-    return scores[evaluate.COLUMNS].sort_values(["run", "step", "task", "metric"], ignore_index=True)
+    scores = scores[evaluate.COLUMNS].sort_values(["run", "step", "task", "metric"], ignore_index=True)
+    return scores if items is None else intervals.score_intervals(scores, items)
 
 
 def updates_table(diff_files, runs: dict) -> pd.DataFrame:
@@ -77,19 +80,27 @@ def module_means(updates: pd.DataFrame) -> pd.DataFrame:
     return _in_order(means.rename(columns={"rel_update": "mean_rel_update"}), ["run", "step", "module"], runs_seen)
 
 
-def _one_score(scores: pd.DataFrame, run: str, step: int, task: str, metric: str) -> float:
+def _one_row(scores: pd.DataFrame, run: str, step: int, task: str, metric: str):
     hit = scores[(scores.run == run) & (scores.step == step) & (scores.task == task) & (scores.metric == metric)]
     if len(hit) != 1:
         raise ValueError(f"{len(hit)} scores for run={run} step={step} task={task} metric={metric}, expected 1")
-    return float(hit.value.iloc[0])
+    return hit.iloc[0]
 
 
-def summary(scores: pd.DataFrame, updates: pd.DataFrame, runs: dict, primary: dict) -> pd.DataFrame:
-    """One row per model (base, then each run's final checkpoint): primary score per task, mean rel_update."""
+def summary(scores: pd.DataFrame, updates: pd.DataFrame, runs: dict, primary: dict,
+            differences: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per model (base, then each run's final checkpoint): primary score per task (with <task>_low and
+    <task>_high when `scores` has intervals), mean rel_update, and, from `differences`, the in-domain and
+    out-of-domain means and their change from the base with its interval and significance (Benjamini-Hochberg)."""
     rows = []
     for run, method, step in [(BASE, BASE, 0)] + [(r, spec["method"], final_step(runs, r)) for r, spec in runs.items()]:
         row = {"run": run, "method": method, "step": step}
-        row.update({task: _one_score(scores, run, step, task, metric) for task, metric in primary.items()})
+        for task, metric in primary.items():
+            hit = _one_row(scores, run, step, task, metric)
+            row[task] = float(hit.value)
+            if "ci_low" in scores:
+                row[f"{task}_low"], row[f"{task}_high"] = float(hit.ci_low), float(hit.ci_high)
+        row.update(_domain_columns(differences, run, step))
         if run == BASE:
             row["mean_rel_update"] = float("nan")
         else:
@@ -101,6 +112,23 @@ def summary(scores: pd.DataFrame, updates: pd.DataFrame, runs: dict, primary: di
     return pd.DataFrame(rows)
 
 
+def _domain_columns(differences: pd.DataFrame | None, run: str, step: int) -> dict:
+    if differences is None or differences.empty:
+        return {}
+    out = {}
+    for domain, label in intervals.DOMAINS.items():
+        vs_base = differences[(differences.comparison == "vs base") & (differences.task == label)]
+        if vs_base.empty:
+            continue
+        out[domain] = float(vs_base.mean_b.iloc[0])
+        hit = vs_base[(vs_base.run == run) & (vs_base.step == step)]
+        if run != BASE and len(hit) == 1:
+            h = hit.iloc[0]
+            out.update({domain: float(h.mean_a), f"{domain}_delta": float(h["diff"]), f"{domain}_delta_low": h.low,
+                        f"{domain}_delta_high": h.high, f"{domain}_delta_significant": bool(h.significant_bh)})
+    return out
+
+
 def ratios(summary: pd.DataFrame, runs: dict) -> pd.DataFrame:
     """How many times more an SFT run moved the weights than a GRPO run, at final checkpoints (every pair)."""
     mean = summary.set_index("run").mean_rel_update
@@ -108,6 +136,14 @@ def ratios(summary: pd.DataFrame, runs: dict) -> pd.DataFrame:
     rows = [{"numerator": s, "denominator": g, "ratio": float(mean[s] / mean[g])}
             for s in by_method["sft"] for g in by_method["grpo"]]
     return pd.DataFrame(rows, columns=["numerator", "denominator", "ratio"])
+
+
+def seeded_mapping(mapping: dict, runs: dict) -> dict:
+    """report.authors with a run repeated over seeds mapped seed by seed (its runs keep the configured name as
+    `group`)."""
+    named = mapping.get("runs", {})
+    return {**mapping, "runs": {run: named[spec.get("group", run)] for run, spec in runs.items()
+                                if spec.get("group", run) in named}}
 
 
 def add_parser(subparsers) -> None:
@@ -132,11 +168,17 @@ def main(args) -> None:
     spec = read_yaml(args.spec)
     runs, primary = spec["runs"], spec["primary"]
 
-    scores = scores_table(args.eval)
+    items = intervals.load_items(args.eval)
+    scores = scores_table(args.eval, items)
+    domains = {key: spec.get(key, []) for key in intervals.DOMAINS}
+    differences = intervals.differences(items, runs, primary, domains)
     updates = updates_table(args.diff, runs)
-    table = summary(scores, updates, runs, primary)
+    table = summary(scores, updates, runs, primary, differences)
     out = Path(args.outdir)
     write_tsv(scores, out / "scores.tsv")
+    write_tsv(differences, out / "differences.tsv")
+    write_tsv(intervals.seed_table(table, runs, [c for c in table.columns if c not in ("run", "method", "step")]),
+              out / "seeds.tsv")
     write_tsv(updates, out / "updates.tsv")
     means = module_means(updates)
     write_tsv(means, out / "update_module_means.tsv")
@@ -149,5 +191,6 @@ def main(args) -> None:
         final_steps = {BASE: 0, **{run: final_step(runs, run) for run in runs}}
         methods = {run: spec["method"] for run, spec in runs.items()}
         authors = read_yaml(args.authors)
-        write_tsv(compare(authors, spec.get("authors", {}), final_steps, scores, means, kl, methods),
+        write_tsv(compare(authors, seeded_mapping(spec.get("authors", {}), runs), final_steps, scores, means, kl,
+                          methods),
                   out / "authors_comparison.tsv")
