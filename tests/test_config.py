@@ -131,3 +131,13 @@ def test_seed_names_may_not_clash_and_seeds_not_repeat(default_config):
     default_config["runs"]["grpo-seed1"] = {"inherit": "sft"}
     with pytest.raises(study_config.ConfigError, match="runs.grpo-seed1: the name of seed 1 of run grpo"):
         study_config.resolve_runs(default_config)
+
+
+def test_eval_samples_differ_for_final_and_intermediate_checkpoints(default_config):
+    default_config["eval"]["samples"] = {"final": {"mini_math_l1": 16, "mini_math_l2": 1},
+                                         "intermediate": {"mini_math_l1": 4}}
+    assert study_config.eval_samples(default_config, final=True) == {"mini_math_l1": 16}
+    assert study_config.eval_samples(default_config, final=False) == {"mini_math_l1": 4}
+    default_config["eval"]["samples"]["final"]["aime24"] = 8
+    with pytest.raises(study_config.ConfigError, match=r"eval.samples.final names tasks .* \['aime24'\]"):
+        study_config.eval_suites(default_config, final=True)

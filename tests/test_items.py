@@ -67,3 +67,4 @@ def test_evaluate_writes_items_equal_to_the_table(tmp_path):
     assert sorted(rows[rows.task == "mini_math_l1"].item.unique()) == ["0", "1", "2"]
     logged = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]
     assert {"doc_id", "metrics"} <= set(logged[0])
+    assert set(rows.samples) == {1}

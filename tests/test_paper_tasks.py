@@ -221,3 +221,20 @@ def test_every_paper_task_is_registered_and_mmlu_has_all_57_subjects():
     assert group["task"] == [f"paper_mmlu_{s}" for s in paper_tasks.MMLU_SUBJECTS]
     assert group["aggregate_metric_list"] == [{"metric": "acc", "aggregation": "mean", "weight_by_size": False}]
     assert {f"paper_mmlu_{s}" for s in paper_tasks.MMLU_SUBJECTS} <= names
+
+
+def test_several_samples_per_problem_give_pass_at_1_as_a_mean_and_pass_at_k(manager):
+    spec = evaluate.sampled_task(manager, "paper_aime24", 4)
+    assert spec["repeats"] == 4 and spec["filter_list"][0]["filter"] == [{"function": "take_first_k", "k": 4}]
+    assert [m["metric"] for m in spec["metric_list"]] == ["pass@1", "pass@1_fixed", "samples_correct", "pass@2",
+                                                         "pass@4"]
+    task = manager.load([spec])["tasks"]["paper_aime24"]
+    assert task.config.repeats == 4
+    doc = task.eval_docs[0]
+    right, wrong = f"The final answer is $\\boxed{{{doc['answer']}}}$", "The final answer is $\\boxed{-1}$"
+    got = task.process_results(doc, [[right, wrong, right, wrong]])
+    # 2 of 4 right: pass@1 1/2, pass@2 = 1 - C(2,2)/C(4,2) = 5/6, pass@4 = 1
+    assert got == pytest.approx({"pass@1": 0.5, "pass@1_fixed": 0.5, "samples_correct": 2.0, "pass@2": 5 / 6,
+                                 "pass@4": 1.0})
+    with pytest.raises(ValueError, match="eval.samples: paper_mmlu_abstract_algebra is multiple_choice"):
+        evaluate.sampled_task(manager, f"paper_mmlu_{MMLU_FIXTURE_SUBJECTS[0]}", 4)

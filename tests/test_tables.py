@@ -40,7 +40,7 @@ NOISE = [0.05 * (-1) ** i for i in range(ITEMS)]  # the same on every model: pai
 
 def item_rows(run, step):
     return pd.DataFrame([{"task": task, "metric": metric, "item": str(i), "value": score(run, step, task) + e,
-                          "cluster": str(i), "weight": 1.0}
+                          "cluster": str(i), "weight": 1.0, "samples": 1}
                          for task, metric in PRIMARY.items() for i, e in enumerate(NOISE)])
 
 
@@ -182,15 +182,15 @@ def test_clis_write_every_table_and_figure(inputs):
                  "--outdir", str(tmp_path / "tables")])
     written = {p.name for p in (tmp_path / "tables").iterdir()}
     assert written == {"scores.tsv", "updates.tsv", "update_module_means.tsv", "summary.tsv", "ratios.tsv",
-                       "differences.tsv", "seeds.tsv"}
+                       "differences.tsv", "seeds.tsv", "pass_at_k.tsv"}
     ratios = tables.read_tsv(tmp_path / "tables" / "ratios.tsv")
     assert list(ratios.denominator) == ["scalpel", "2e-6"]
     assert list(tables.read_tsv(tmp_path / "tables" / "summary.tsv").run) == ["base", "hammer", "scalpel", "2e-6"]
 
     cli.main(["plots", "--tables", str(tmp_path / "tables"), "--spec", str(spec), "--outdir", str(tmp_path / "fig")])
     figures = sorted((tmp_path / "fig").iterdir())
-    assert [p.name for p in figures] == ["differences_final.png", "scores_by_step.png", "scores_final.png",
-                                         "update_heatmaps.png", "update_trajectories.png"]
+    assert [p.name for p in figures] == ["differences_final.png", "pass_at_k.png", "scores_by_step.png",
+                                         "scores_final.png", "update_heatmaps.png", "update_trajectories.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in figures)
 
 
@@ -315,3 +315,24 @@ def test_figures_draw_the_intervals(inputs, tmp_path):
     assert list(axes) == ["math", "facts", "in-domain mean", "out-of-domain mean"]
     points = [line.get_xdata()[0] for line in axes["facts"].get_lines() if len(line.get_xdata()) == 1]
     assert any(abs(x - 0.32) < 1e-9 for x in points)  # hammer's final facts score minus the base's
+
+
+def test_pass_at_k_curves_from_correct_counts_and_paired_deltas(tmp_path):
+    """4 samples per problem; the base solves problems 0-1 once each, the run problem 0 four times: the run has the
+    higher pass@1 (4/8 vs 2/8 per problem mean) and the lower pass@4 (1/2 vs 1)."""
+    def rows(run, counts):
+        return pd.DataFrame({"run": run, "step": 0 if run == "base" else 5, "task": "maths",
+                             "metric": "samples_correct", "item": ["0", "1"], "value": counts, "cluster": ["0", "1"],
+                             "weight": 1.0, "samples": 4})
+    items = pd.concat([rows("base", [1.0, 1.0]), rows("grpo", [4.0, 0.0])], ignore_index=True)
+    table = intervals.pass_at_k_table(items).set_index(["run", "k"])
+    assert table.loc[("base", 1), "pass_at_k"] == pytest.approx(0.25)
+    assert table.loc[("base", 4), "pass_at_k"] == pytest.approx(1.0)
+    assert table.loc[("grpo", 1), "pass_at_k"] == pytest.approx(0.5)
+    assert table.loc[("grpo", 4), "pass_at_k"] == pytest.approx(0.5)
+    assert table.loc[("grpo", 1), "delta"] == pytest.approx(0.25) and table.loc[("grpo", 4), "delta"] == -0.5
+    assert math.isnan(table.loc[("base", 1), "delta"])
+    axes = plots.pass_at_k_curves(table.reset_index(), {"grpo": {"method": "grpo", "checkpoint_steps": [5]}},
+                                  tmp_path / "p.png")
+    lines = {line.get_label(): line for line in axes["maths"].get_lines()}
+    assert list(lines["grpo (grpo)"].get_ydata()) == pytest.approx([0.5, 0.5, 0.5, 0.5])

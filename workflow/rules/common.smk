@@ -119,6 +119,10 @@ def get_eval_tasks(wildcards):
     return ",".join(task for suite in suites for task in config["eval"]["tasks"][suite])
 
 
+def get_eval_samples(wildcards):
+    return json.dumps(study_config.eval_samples(config, final=is_final(wildcards.run, wildcards.step)))
+
+
 def get_eval_chat_template(wildcards):
     """The base model's own template when eval.base_chat_template is own (the authors' choice); else the tokenizer's."""
     if wildcards.run == BASE and config["eval"]["base_chat_template"] == "own":

@@ -27,6 +27,7 @@ rule evaluate:
         model_args=json.dumps(config["eval"]["model_args"]),
         multiturn=json.dumps(config["eval"]["fewshot_as_multiturn"]),
         clusters=json.dumps(config["eval"]["item_clusters"]),
+        samples=get_eval_samples,
         chat_template=get_eval_chat_template,
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel evaluate --checkpoint {params.checkpoint:q}"
@@ -35,5 +36,5 @@ rule evaluate:
         " --batch-size {params.batch_size:q} {params.limit:q} --seed {params.seed:q}"
         " --gen-kwargs {params.gen_kwargs:q} --num-fewshot {params.num_fewshot:q}"
         " --model-args {params.model_args:q} --fewshot-as-multiturn {params.multiturn:q}"
-        " --item-clusters {params.clusters:q}"
+        " --item-clusters {params.clusters:q} --samples {params.samples:q}"
         " {params.chat_template:q} > {log:q} 2>&1"

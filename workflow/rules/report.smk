@@ -30,6 +30,7 @@ rule tables:
         summary=report("results/tables/summary.tsv", caption="../report/summary.rst", category="Tables"),
         differences=report("results/tables/differences.tsv", caption="../report/differences.rst", category="Tables"),
         seeds=report("results/tables/seeds.tsv", caption="../report/seeds.rst", category="Tables"),
+        pass_at_k=report("results/tables/pass_at_k.tsv", caption="../report/pass_at_k.rst", category="Tables"),
         ratios=report("results/tables/ratios.tsv", caption="../report/ratios.rst", category="Tables"),
         kl=report("results/tables/kl.tsv", caption="../report/kl.rst", category="Tables"),
         authors=report(
@@ -50,6 +51,7 @@ rule plots:
     input:
         summary="results/tables/summary.tsv",
         differences="results/tables/differences.tsv",
+        pass_at_k="results/tables/pass_at_k.tsv",
         kl="results/tables/kl.tsv",
         spec="results/tables/spec.yaml",
     output:
@@ -68,6 +70,9 @@ rule plots:
             "results/figures/scores_by_step.png", caption="../report/scores_by_step.rst", category="Benchmarks"
         ),
         kl=report("results/figures/kl_trajectories.png", caption="../report/kl_trajectories.rst", category="KL"),
+        pass_at_k=report(
+            "results/figures/pass_at_k.png", caption="../report/pass_at_k_curves.rst", category="Benchmarks"
+        ),
         differences=report(
             "results/figures/differences_final.png",
             caption="../report/differences_final.rst",

@@ -159,10 +159,21 @@ def eval_suites(config: dict, final: bool) -> list[str]:
         stray = sorted(set(ev.get(key, {})) - tasks)
         if stray:
             raise ConfigError(f"eval.{key} names tasks that eval.tasks does not run: {stray}")
+    for when, counts in (ev.get("samples") or {}).items():
+        stray = sorted(set(counts) - tasks)
+        if stray:
+            raise ConfigError(f"eval.samples.{when} names tasks that eval.tasks does not run: {stray}")
     if ev.get("base_chat_template") == "own" and config["model"]["base"] == "build":
         raise ConfigError("eval.base_chat_template: own needs a published base model; the built one (model.base: "
                           "build) has only the study template")
     return [s for s in ev["tasks"] if final or s not in ev.get("final_only", [])]
+
+
+def eval_samples(config: dict, final: bool) -> dict[str, int]:
+    """Samples per problem of each task that has more than one, on a final (or the base) or an intermediate
+    checkpoint (config eval.samples)."""
+    counts = (config["eval"].get("samples") or {}).get("final" if final else "intermediate") or {}
+    return {task: k for task, k in counts.items() if k > 1}
 
 
 def task_domains(config: dict) -> dict[str, list[str]]:

@@ -69,6 +69,31 @@ def task_paths(task_dir: str | None) -> list[str]:
     return [str(TASK_DIR)] + ([str(task_dir)] if task_dir else [])
 
 
+def sampled_task(manager, task: str, k: int) -> dict:
+    """lm-eval's full config of `task` with k samples per document: `repeats` k, the take_first_k filter (which keeps
+    all k completions, so the task's process_results sees them as `results[0]`), and the metrics
+    paper_tasks.sampled adds (samples_correct, pass@k). Only generative tasks sample."""
+    # lm-eval 0.4.13 builds a dict spec as an inline task (its registered YAML is not merged in), so the YAML is
+    # loaded here with its includes and !function hooks resolved, as TaskManager does for a registered name.
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from .paper_tasks import pass_at_k_levels
+
+    entry = manager.task_index.get(task)
+    if entry is None or entry.yaml_path is None:
+        raise ValueError(f"eval.samples: {task} is not a task lm-eval loads from a YAML file")
+    cfg = load_yaml(entry.yaml_path, resolve_func=True)
+    if cfg.get("output_type") != "generate_until":
+        raise ValueError(f"eval.samples: {task} is {cfg.get('output_type')}, not generate_until; only generated "
+                         "answers have several samples")
+    extra = ["samples_correct"] + [f"pass@{n}" for n in pass_at_k_levels(k)[1:]]
+    have = {m["metric"] for m in cfg.get("metric_list", [])}
+    metrics = cfg.get("metric_list", []) + [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                                             for m in extra if m not in have]
+    return {**cfg, "task": task, "repeats": k, "metric_list": metrics,
+            "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": k}]}]}
+
+
 def _merge(results: list[dict]) -> dict:
     merged = {key: {} for key in ("results", "configs", "versions", "n-shot", "n-samples", "samples",
                                   "group_subtasks")}
@@ -82,7 +107,8 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
              dtype: str = "float32", batch_size: int = 32, limit: int | None = None, seed: int = 0,
              device: str = "cpu", gen_kwargs: dict | None = None, num_fewshot: dict[str, int] | None = None,
              extra_model_args: dict | None = None, chat_template: str | None = None,
-             fewshot_as_multiturn: dict[str, bool] | None = None) -> tuple[pd.DataFrame, dict]:
+             fewshot_as_multiturn: dict[str, bool] | None = None,
+             samples: dict[str, int] | None = None) -> tuple[pd.DataFrame, dict]:
     """Run `tasks` on one checkpoint with the chat template applied: the checkpoint tokenizer's own, or
     `chat_template` (the text of a Jinja template) in its place.
 
@@ -90,6 +116,7 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
     paper: temperature 0.6, top-p 0.95, 4,096 new tokens; lm-eval's own default is 256 tokens); `num_fewshot` maps a
     task to its shot count, `fewshot_as_multiturn` to whether its examples are separate chat turns (default true).
     The tasks shipped in paper_tasks.TASK_DIR are always found, beside lm-eval's built-ins and `task_dir`'s.
+    `samples` maps a task to its number of samples per document (config eval.samples; default 1).
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -107,8 +134,9 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
     for (shots, multiturn), group in fewshot_groups(tasks, num_fewshot, fewshot_as_multiturn).items():
         log.info("tasks %s with %s few-shot examples, %s", group, "their default" if shots is None else shots,
                  "as chat turns" if multiturn else "in the question's user message")
+        specs = [sampled_task(manager, t, samples[t]) if (samples or {}).get(t, 1) > 1 else t for t in group]
         results.append(lm_eval.simple_evaluate(
-            model=lm, tasks=group, num_fewshot=shots, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
+            model=lm, tasks=specs, num_fewshot=shots, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
             task_manager=manager, limit=limit, apply_chat_template=True, fewshot_as_multiturn=multiturn,
             log_samples=True, random_seed=seed,
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
@@ -166,6 +194,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model-args", default="{}", help="JSON of config eval.model_args")
     p.add_argument("--fewshot-as-multiturn", default="{}",
                    help="JSON of config eval.fewshot_as_multiturn (task -> examples as chat turns; default true)")
+    p.add_argument("--samples", default="{}",
+                   help="JSON of task -> samples per document (config eval.samples for this checkpoint)")
     p.add_argument("--item-clusters", default="{}",
                    help="JSON of config eval.item_clusters (task -> the document field that clusters its items)")
     p.add_argument("--chat-template", default=None,
@@ -182,5 +212,5 @@ def main(args) -> None:
                 extra_model_args=json.loads(args.model_args),
                 chat_template=Path(args.chat_template).read_text() if args.chat_template else None,
                 fewshot_as_multiturn=json.loads(args.fewshot_as_multiturn),
-                item_clusters=json.loads(args.item_clusters))
+                item_clusters=json.loads(args.item_clusters), samples=json.loads(args.samples))
     log.info("\n%s", table.to_string(index=False))

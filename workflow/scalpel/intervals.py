@@ -7,6 +7,9 @@
   in-domain and out-of-domain scores (the unweighted mean of their tasks), whose differences combine the tasks'
   paired SEs as independent (the tasks' item sets are disjoint). p-values are adjusted over all comparisons with
   Benjamini-Hochberg (`q_value`, `significant_bh`).
+- `pass_at_k_table`: tasks scored with K > 1 samples per problem: pass@k for k = 1..K with its interval, and each
+  checkpoint's change from the base at every k, paired over problems (does training raise pass@1 more than
+  pass@K? the paper's "amplifies vs replaces" question).
 - `seed_table`: runs repeated over seeds, aggregated per configured run (mean, sd and a t interval over seeds).
 
 A score without items (a metric lm-eval aggregates other than by a mean) keeps lm-eval's stderr and a normal
@@ -138,3 +141,34 @@ def seed_table(summary: pd.DataFrame, runs: dict, columns: list[str]) -> pd.Data
                          seed=seeded.run.map(lambda r: runs[r]["seed"]))
     long = long.melt(id_vars=["group", "seed"], value_vars=[c for c in columns if c in long], var_name="quantity")
     return stats.seed_summary(long, "value", ["group", "quantity"])
+
+
+def _per_item_pass(rows: pd.DataFrame) -> tuple[int, np.ndarray, pd.Series]:
+    n = int(rows.samples.iloc[0])
+    correct = rows.value.round().astype(int).to_numpy()
+    return n, correct, rows["item"].reset_index(drop=True)
+
+
+def pass_at_k_table(items: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, step, task, k) for tasks with several samples per problem: pass@k (Chen et al.'s unbiased
+    estimator from each problem's count of correct samples), its 95% interval over problems, and delta (with
+    delta_low, delta_high) against the base's pass@k on the same problems."""
+    columns = ["run", "step", "task", "k", "pass_at_k", "low", "high", "n_items", "delta", "delta_low", "delta_high"]
+    sampled = items[(items.metric == "samples_correct") & (items.samples > 1)]
+    rows = []
+    base = {task: g for task, g in sampled[sampled.run == BASE].groupby("task")}
+    for (run, step, task), g in sampled.groupby(["run", "step", "task"], sort=False):
+        n, correct, ids = _per_item_pass(g)
+        matrix = (np.arange(n)[None, :] < correct[:, None]).astype(int)  # c ones per problem: all pass@k needs
+        curve = stats.pass_at_k_curve(matrix)
+        b = base.get(task)
+        for row in curve.itertuples(index=False):
+            out = {"run": run, "step": step, "task": task, "k": row.k, "pass_at_k": row.pass_at_k, "low": row.low,
+                   "high": row.high, "n_items": row.n_items}
+            if b is not None and run != BASE and int(b.samples.iloc[0]) == n:
+                nb, cb, ids_b = _per_item_pass(b)
+                d = stats.paired_difference(stats.pass_at_k(n, correct, row.k), stats.pass_at_k(nb, cb, row.k),
+                                            items_a=ids.to_numpy(), items_b=ids_b.to_numpy())
+                out.update(delta=d["diff"], delta_low=d["low"], delta_high=d["high"])
+            rows.append(out)
+    return pd.DataFrame(rows, columns=columns)

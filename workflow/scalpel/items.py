@@ -1,6 +1,7 @@
 """Per-item scores from lm-eval's logged samples: what confidence intervals and paired differences are computed from.
 
-One row per (task, metric, item): task, metric, item, value, cluster, weight. `item` is lm-eval's doc_id (as text),
+One row per (task, metric, item): task, metric, item, value, cluster, weight, samples (the completions per document:
+the task's `repeats`). `item` is lm-eval's doc_id (as text),
 so that two models evaluated on the same task line up item by item. An item's value is the metric lm-eval computed
 for that document: with several samples per document (a task's `repeats`), the task's own mean over them.
 
@@ -16,7 +17,7 @@ import numbers
 
 import pandas as pd
 
-COLUMNS = ["task", "metric", "item", "value", "cluster", "weight"]
+COLUMNS = ["task", "metric", "item", "value", "cluster", "weight", "samples"]
 
 
 def metric_name(metric: str, filt: str) -> str:
@@ -35,6 +36,7 @@ def _is_number(value) -> bool:
 def task_items(task: str, samples: list[dict], config: dict, cluster_field: str | None = None) -> pd.DataFrame:
     """Item rows of one task from lm-eval's logged samples (each with doc_id, doc, filter, metrics)."""
     means = _mean_aggregated(config)
+    k = int(config.get("repeats") or 1)
     rows = []
     for s in samples:
         doc_id = str(s["doc_id"])
@@ -47,10 +49,10 @@ def task_items(task: str, samples: list[dict], config: dict, cluster_field: str 
         for metric in s["metrics"]:
             value, name = s[metric], metric_name(metric, s.get("filter", "none"))
             if isinstance(value, (list, tuple)) and value and all(_is_number(v) for v in value):
-                rows += [(task, name, f"{doc_id}.{j}", float(v), doc_id if cluster_field is None else cluster, 1.0)
+                rows += [(task, name, f"{doc_id}.{j}", float(v), doc_id if cluster_field is None else cluster, 1.0, k)
                          for j, v in enumerate(value)]
             elif _is_number(value) and metric in means:
-                rows.append((task, name, doc_id, float(value), cluster, 1.0))
+                rows.append((task, name, doc_id, float(value), cluster, 1.0, k))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

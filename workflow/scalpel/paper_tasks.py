@@ -186,6 +186,33 @@ class LightevalSampledFewshotTask(LightevalChatTask):
 
 # --- scoring ------------------------------------------------------------------------------------------------------
 
+def sampled(results: list, score_one, correct: str) -> dict:
+    """Scores of one document from its completions: `results[0]` is one completion, or the K completions of a task
+    run with K samples per document (lm-eval's `repeats` with the take_first_k filter, see evaluate.sampled_task).
+
+    Each metric is the mean over the K samples (pass@1 is the mean correctness, Miller 2024, arXiv 2411.00640,
+    sec. 2.2). With K > 1, `samples_correct` (how many samples the `correct` metric counts as right) and pass@k for
+    k = 2, 4, ... up to K (Chen et al. 2021's unbiased estimator, arXiv 2107.03374, eq. 1) are added; tables derive
+    the whole pass@k curve, k = 1..K, from samples_correct.
+    """
+    from .stats import pass_at_k
+
+    completions = results[0] if isinstance(results[0], (list, tuple)) else [results[0]]
+    per_sample = [score_one(c) for c in completions]
+    out = {m: sum(s[m] for s in per_sample) / len(per_sample) for m in per_sample[0]}
+    n = len(completions)
+    if n > 1:
+        c = sum(int(s[correct] > 0) for s in per_sample)
+        out["samples_correct"] = float(c)
+        out.update({f"pass@{k}": float(pass_at_k(n, c, k)) for k in pass_at_k_levels(n)[1:]})
+    return out
+
+
+def pass_at_k_levels(n: int) -> list[int]:
+    """The k reported by lm-eval for n samples: powers of two up to n, and n."""
+    return sorted({2 ** i for i in range(n.bit_length()) if 2 ** i <= n} | {n})
+
+
 def _math_scores(prediction: str, gold: str) -> dict:
     """lighteval 0.9.2's math pass@1 (one sample) as the authors ran it, and with its precision bug fixed."""
     from .paper_scoring import math_pass_at_1
@@ -194,24 +221,26 @@ def _math_scores(prediction: str, gold: str) -> dict:
             "pass@1_fixed": math_pass_at_1(prediction, gold, faithful=False)}
 
 
-def process_aime(doc: dict, results: list[str]) -> dict:
-    return _math_scores(results[0], str(doc["answer"]))
+def process_aime(doc: dict, results: list) -> dict:
+    return sampled(results, lambda c: _math_scores(c, str(doc["answer"])), "pass@1")
 
 
-def process_math500(doc: dict, results: list[str]) -> dict:
-    return _math_scores(results[0], doc["solution"])  # the gold is the whole reference solution
+def process_math500(doc: dict, results: list) -> dict:
+    # the gold is the whole reference solution
+    return sampled(results, lambda c: _math_scores(c, doc["solution"]), "pass@1")
 
 
-def process_gpqa_results(doc: dict, results: list[str]) -> dict:
+def process_gpqa_results(doc: dict, results: list) -> dict:
     from .paper_scoring import gpqa_letter_match
 
-    return {"pass@1": gpqa_letter_match(results[0], doc["gold_letter"])}
+    return sampled(results, lambda c: {"pass@1": gpqa_letter_match(c, doc["gold_letter"])}, "pass@1")
 
 
-def process_gsm8k(doc: dict, results: list[str]) -> dict:
+def process_gsm8k(doc: dict, results: list) -> dict:
     from .paper_scoring import gsm8k_extractive_match
 
-    return {"extractive_match": gsm8k_extractive_match(results[0], gsm8k_target(doc))}
+    return sampled(results, lambda c: {"extractive_match": gsm8k_extractive_match(c, gsm8k_target(doc))},
+                   "extractive_match")
 
 
 def process_ifeval(doc: dict, results: list[str]) -> dict:

@@ -211,6 +211,36 @@ def differences_forest(differences: pd.DataFrame, runs: dict, out_png) -> dict:
     return axes
 
 
+def pass_at_k_curves(pass_at_k: pd.DataFrame, runs: dict, out_png) -> dict:
+    """pass@k against k (log scale) at final checkpoints, one panel per task sampled several times; the base dotted,
+    each run's 95% interval as a band. Returns task -> Axes (empty when no task has several samples)."""
+    finals = {BASE: 0, **{run: max(spec["checkpoint_steps"]) for run, spec in runs.items()}}
+    final = pass_at_k[pass_at_k.step == pass_at_k.run.map(finals)]
+    tasks = list(dict.fromkeys(final.task))
+    colors = _colors(runs)
+    fig = Figure(figsize=(4 * max(len(tasks), 1), 3.3), layout="constrained")
+    axes = dict(zip(tasks, fig.subplots(1, max(len(tasks), 1), squeeze=False)[0]))
+    for task, ax in axes.items():
+        for run, rows in final[final.task == task].groupby("run", sort=False):
+            method = BASE if run == BASE else runs[run]["method"]
+            color = BASE_COLOR if run == BASE else colors[run]
+            ax.plot(rows.k, rows.pass_at_k, ":" if run == BASE else LINESTYLE.get(method, ":"), marker=".",
+                    color=color, label=run if run == BASE else f"{run} ({method})")
+            ax.fill_between(rows.k, rows.low, rows.high, color=color, alpha=0.12, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("k (samples)")
+        ax.grid(alpha=0.3)
+    if axes:
+        first = next(iter(axes.values()))
+        first.set_ylabel("pass@k")
+        first.legend(fontsize=7)
+    else:
+        fig.text(0.5, 0.5, "no task was sampled more than once per problem (config eval.samples)", ha="center")
+    _save(fig, out_png)
+    return axes
+
+
 def add_parser(subparsers) -> None:
     ap = subparsers.add_parser("plots", help="the paper's figures from the tables",
                                description="Draw the figures from the tables written by scalpel.tables.")
@@ -230,5 +260,7 @@ def main(args) -> None:
     scores_vs_step(read_tsv(tables / "scores.tsv"), spec["primary"], spec["runs"], out / "scores_by_step.png")
     if (tables / "differences.tsv").exists():
         differences_forest(read_tsv(tables / "differences.tsv"), spec["runs"], out / "differences_final.png")
+    if (tables / "pass_at_k.tsv").exists():
+        pass_at_k_curves(read_tsv(tables / "pass_at_k.tsv"), spec["runs"], out / "pass_at_k.png")
     if (tables / "kl.tsv").exists():
         kl_trajectories(read_tsv(tables / "kl.tsv"), out / "kl_trajectories.png")
