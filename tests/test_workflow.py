@@ -149,3 +149,42 @@ def test_lint_is_clean():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--lint"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_tables_carry_intervals_and_paired_differences(study):
+    scores = table(study, "scores.tsv")
+    maths = scores[(scores.task == "mini_math_l1") & (scores.metric == "accuracy")]
+    # 8 problems, one greedy answer each, 0/1 correct: Wilson intervals around each accuracy.
+    assert (maths.n_items == 8).all() and set(maths.interval) == {"wilson"}
+    assert ((maths.ci_low <= maths.value) & (maths.value <= maths.ci_high)).all()
+    assert (maths.ci_high - maths.ci_low).min() > 0.1  # 8 items cannot pin a rate down
+    diffs = table(study, "differences.tsv")
+    vs_base = diffs[diffs.comparison == "vs base"]
+    checkpoints = {("grpo", 2), ("grpo", 4), ("sft", 2), ("sft", 4), ("sft_frozen_mid_mlp", 4), ("sft_qk_only", 4)}
+    assert set(zip(vs_base.run, vs_base.step)) == checkpoints
+    facts = vs_base[vs_base.task == "mini_facts"].set_index(["run", "step"])
+    summary = table(study, "summary.tsv").set_index("run")
+    assert facts.loc[("sft", 4), "diff"] == pytest.approx(summary.loc["sft", "mini_facts"]
+                                                           - summary.loc["base", "mini_facts"])
+    assert (facts.low <= facts["diff"]).all() and (facts["diff"] <= facts.high).all()
+    ood = vs_base[vs_base.task == "out-of-domain mean"].set_index(["run", "step"])
+    # the probes run on final checkpoints only: the out-of-domain mean exists there only
+    assert set(ood.index) == {("grpo", 4), ("sft", 4), ("sft_frozen_mid_mlp", 4), ("sft_qk_only", 4)}
+    assert summary.loc["sft", "out_of_domain_delta"] == pytest.approx(ood.loc[("sft", 4), "diff"])
+    assert set(diffs[diffs.comparison == "run vs run"].task) >= {"mini_facts", "out-of-domain mean"}
+
+
+def test_seeds_expand_into_runs_of_the_dag(tmp_path):
+    seeded = tmp_path / "seeds.yaml"
+    seeded.write_text(SMOKE.read_text() + "train_seeds: [1, 2]\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(seeded), "-n"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    for run in ("grpo-seed1", "grpo-seed2", "sft-seed1", "sft_qk_only-seed2"):
+        assert f"results/runs/{run}/spec.yaml" in out
+    assert "results/runs/grpo/spec.yaml" not in out
+    stats = out.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    jobs = {row.split()[0]: int(row.split()[1]) for row in stats.splitlines()[3:]}
+    assert (jobs["train_grpo"], jobs["train_sft"], jobs["evaluate"]) == (2, 6, 13)  # 1 base + 2 x (2+2+1+1)
