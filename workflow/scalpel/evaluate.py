@@ -126,8 +126,10 @@ def run(checkpoint: str, tasks: list[str], task_dir: str | None, out_tsv: str, *
     with atomic_output(out.with_suffix(".samples.jsonl")) as tmp, open(tmp, "w") as fh:
         for task, samples in res["samples"].items():
             for s in samples:
-                fh.write(json.dumps({"task": task, "doc": s["doc"], "resps": s["resps"],
-                                     "filtered_resps": s["filtered_resps"]}, default=str) + "\n")
+                # per-item metric values: paired differences between models need them (stats on items)
+                fh.write(json.dumps({"task": task, "doc_id": s["doc_id"], "doc": s["doc"], "resps": s["resps"],
+                                     "filtered_resps": s["filtered_resps"],
+                                     "metrics": {m: s[m] for m in s["metrics"]}}, default=str) + "\n")
     with atomic_output(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
