@@ -60,7 +60,11 @@ def test_resolve_inherits_and_merges_defaults(default_config):
     assert frozen["args"]["learning_rate"] == default_config["train_defaults"]["sft"]["learning_rate"]
     assert "freeze" not in runs["sft"]
     assert runs["grpo"]["args"]["reward_weights"] == [1.0, 0.2]
-    assert runs["grpo"]["checkpoint_steps"] == [15, 30, 45, 60]
+    assert runs["grpo"]["checkpoint_steps"] == [60, 120]
+    matched = runs["sft_matched_lr"]  # the authors' SFTv02.00: GRPO's learning rate and steps
+    assert matched["args"]["learning_rate"] == runs["grpo"]["args"]["learning_rate"]
+    assert matched["steps"] == runs["grpo"]["steps"]
+    assert runs["sft"]["args"]["learning_rate"] == 50 * runs["grpo"]["args"]["learning_rate"]
 
 
 @pytest.mark.parametrize(

@@ -27,11 +27,34 @@ def test_normalise_refuses_empty_results():
 
 def test_process_results_use_the_reward():
     doc = {"solution": "The answer is $\\boxed{7}$."}
-    assert tasks.process_math(doc, ["<think>\n3 + 4 = 7\n</think>\n<answer>\n\\boxed{7}\n</answer>"]) == {
-        "accuracy": 1.0, "format": 1.0}
-    assert tasks.process_math(doc, ["\\boxed{8}"]) == {"accuracy": 0.0, "format": 0.0}
-    assert tasks.process_instruction({"target": "BLUE"}, [" BLUE\n"]) == {"prompt_level_strict_acc": 1.0}
-    assert tasks.process_instruction({"target": "BLUE"}, ["Blue"]) == {"prompt_level_strict_acc": 0.0}
+    right, wrong = "<think>\n3 + 4 = 7\n</think>\n<answer>\n\\boxed{7}\n</answer>", "\\boxed{8}"
+    assert tasks.process_math(doc, [right]) == {"pass@1": 1.0, "format": 1.0}
+    assert tasks.process_math(doc, [wrong]) == {"pass@1": 0.0, "format": 0.0}
+    # K samples of one problem (lm-eval's take_first_k filter): pass@1 is their mean, pass@k the unbiased estimate.
+    scores = tasks.process_math(doc, [[right, wrong, wrong, wrong]])
+    assert scores == {"pass@1": 0.25, "pass@2": 0.5, "pass@4": 1.0, "format": 0.25}
+
+
+def test_pass_at_k_matches_enumeration():
+    import itertools
+
+    for n, c, k in [(16, 3, 4), (8, 0, 2), (8, 8, 1), (6, 2, 5)]:
+        draws = list(itertools.combinations([1] * c + [0] * (n - c), k))
+        assert tasks.pass_at_k(n, c, k) == pytest.approx(sum(any(d) for d in draws) / len(draws))
+    assert tasks.ks(16) == [1, 2, 4, 8, 16] and tasks.ks(12) == [1, 2, 4, 8] and tasks.ks(1) == [1]
+
+
+def test_instruction_checks_by_kind():
+    def check(kind, reply):
+        return tasks.process_instruction({"kind": kind, "target": "unused"}, [reply])["prompt_level_strict_acc"]
+
+    assert check("quotation", ' "blue"\n') == 1.0
+    assert check("quotation", 'blue"') == 0.0 and check("quotation", '"') == 0.0
+    assert check("uppercase", "RED") == 1.0 and check("uppercase", "Blue") == 0.0
+    assert check("one_word", "seeds\n") == 1.0 and check("one_word", "<think>\nblue") == 0.0
+    assert check("one_word", "red fish") == 0.0
+    with pytest.raises(ValueError, match="kind 'shout'"):
+        check("shout", "x")
 
 
 def test_task_yamls_load_in_lm_eval(tmp_path):
@@ -41,14 +64,18 @@ def test_task_yamls_load_in_lm_eval(tmp_path):
                pretrain_worked_fraction=0.1,
                pretrain_math_levels=[1], train_levels=[1, 2])
     synthetic.write_world(0, cfg, tmp_path)
-    names = tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50)
+    names = tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50, samples=4)
     manager = TaskManager(include_path=str(tmp_path / "tasks"))
     loaded = manager.load(names)["tasks"]
     math_task = loaded["mini_math_l2"]
-    assert math_task.config.generation_kwargs["max_gen_toks"] == 50
+    assert math_task.config.generation_kwargs == {"until": ["<|endoftext|>"], "max_gen_toks": 50, "do_sample": True,
+                                                  "temperature": 0.6, "top_p": 0.95}
+    assert math_task.config.repeats == 4
     docs = list(math_task.eval_docs)
     assert len(docs) == 4 and all(d["level"] == 2 for d in docs)
-    assert math_task.process_results(docs[0], [docs[0]["worked"]]) == {"accuracy": 1.0, "format": 1.0}
+    replies = [docs[0]["worked"]] * 3 + [docs[0]["wrong_terse"]]
+    assert math_task.process_results(docs[0], [replies]) == {"pass@1": 0.75, "pass@2": 1.0, "pass@4": 1.0,
+                                                             "format": 1.0}
     facts = loaded["mini_facts"]
     doc = next(iter(facts.eval_docs))
     assert facts.doc_to_choice(doc)[facts.doc_to_target(doc)] == doc["answer"]
@@ -102,3 +129,26 @@ def test_single_turn_fewshot_reaches_lm_eval(tmp_path):
     context = res["samples"]["mini_facts"][0]["arguments"][0][0]
     assert context.count("<|user|>") == 1 and context.count("<|assistant|>") == 1
     assert context.count("\n\n") == 2  # the two examples, each followed by lm-eval's few-shot delimiter
+
+
+def test_samples_carry_per_item_metrics(tmp_path):
+    """Paired intervals between models need each item's score: the samples file has them, by doc_id."""
+    import json
+
+    from conftest import TINY_WORLD, write_tiny_study
+
+    write_tiny_study(tmp_path)
+    synthetic.write_world(0, TINY_WORLD, tmp_path)
+    tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=4, samples=2)
+    out = tmp_path / "eval/step-0.tsv"
+    table = evaluate.run(str(tmp_path / "base"), ["mini_math_l1", "mini_instructions"], str(tmp_path / "tasks"),
+                         str(out), run="base", step=0, limit=2)
+    rows = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    maths = [r for r in rows if r["task"] == "mini_math_l1"]
+    assert sorted(r["doc_id"] for r in maths) == [0, 1]
+    assert all(len(r["filtered_resps"][0]) == 2 and set(r["metrics"]) == {"pass@1", "pass@2", "format"}
+               for r in maths)
+    mean = sum(r["metrics"]["pass@1"] for r in maths) / 2
+    assert table.query("task == 'mini_math_l1' and metric == 'pass@1'").value.item() == pytest.approx(mean)
+    probes = [r for r in rows if r["task"] == "mini_instructions"]
+    assert [set(r["metrics"]) for r in probes] == [{"prompt_level_strict_acc"}] * 2

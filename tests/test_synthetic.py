@@ -1,4 +1,5 @@
 import random
+import re
 
 import pytest
 
@@ -34,11 +35,42 @@ def test_answers_are_right_and_levels_hold():
             row = synthetic.math_problem(rng, level)
             if row["problem"].startswith("Calculate "):
                 expr = row["problem"][len("Calculate "):-1]
-                assert eval(expr) == int(row["answer"])  # brackets make left-to-right explicit
+                assert eval(expr) == int(row["answer"])  # no brackets: the conventional order is the right one
                 assert sum(expr.count(op) for op in "+-*") == level
             assert row["worked"].count("\n") >= level + 4
 
 
+def test_wrong_procedures_give_wrong_answers():
+    rng = random.Random(1)
+    rows = [synthetic.math_problem(rng, level) for level in (1, 2, 3) for _ in range(60)]
+    for row in rows:
+        if row["wrong_terse"] is not None:
+            assert rewards.follows_format(row["wrong_terse"])
+            assert rewards.is_correct(row["wrong_terse"], row["solution"]) is False
+    gives = next(r for r in rows if "gives away" in r["problem"])
+    a, b = map(int, re.findall(r"\d+", gives["problem"]))
+    assert f"{a} + {b} = {a + b}" in gives["wrong_terse"] and f"{a} - {b} = {a - b}" in gives["terse"]
+    # An addition before a multiplication, read from the left, is the wrong procedure at levels 2 and 3.
+    assert all(r["wrong_terse"] is not None for r in rows if r["level"] > 1)
+    calc = next(r for r in rows if r["level"] == 2 and r["problem"].startswith("Calculate "))
+    a, _, b, _, c = calc["problem"][len("Calculate "):-1].split()
+    assert calc["terse"].startswith(f"<think>\n{b} * {c} = ")
+    assert calc["wrong_terse"].startswith(f"<think>\n{a} + {b} = ")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_pretraining_follows_the_wrong_procedure_at_its_share(fraction):
+    world = synthetic.build_world(3, {**CFG, "pretrain_wrong_fraction": fraction, "pretrain_worked_fraction": 0.0})
+    graded = []
+    for row in world["pretrain"]:
+        reply = row["completion"][0]["content"]
+        if "\\boxed" in reply and row["prompt"][1]["content"].startswith("Calculate ") and " * " in reply:
+            expr = row["prompt"][1]["content"][len("Calculate "):-1]
+            if "+" in expr:  # a + b * c: the two procedures disagree
+                graded.append(rewards.is_correct(reply, f"$\\boxed{{{eval(expr)}}}$"))
+    assert len(graded) > 20
+    wrong = 1 - sum(graded) / len(graded)
+    assert abs(wrong - fraction) < 0.15
 def test_targets_earn_full_reward(world):
     for row in world["eval_math_l2"]:
         for style in ("worked", "terse"):
@@ -65,13 +97,19 @@ def test_facts_multiple_choice(world):
 
 
 def test_instruction_probes_are_checkable(world):
+    from scalpel import tasks
+
+    facts = {f["question"]: f["answer"] for f in world["eval_facts"]}
     for row in world["eval_instructions"]:
-        if row["kind"] == "repeat":
-            word, times = row["prompt"].split('"')[1], int(row["prompt"].split()[-2])
-            assert row["target"] == " ".join([word] * times)
-        else:
-            assert row["target"].isupper()
-    assert {r["kind"] for r in world["eval_instructions"]} == {"repeat", "uppercase"}
+        question = row["prompt"].split(". ", 1)[1]
+        assert question in facts  # a fact the base model is taught, asked under a format instruction
+        # the reply taught in pre-training passes the probe's check; a reply in the maths format does not
+        assert tasks.follows_instruction(row["kind"], row["target"])
+        assert not tasks.follows_instruction(row["kind"], f"<think>\n{facts[question]}\n</think>")
+    kinds = [r["kind"] for r in world["eval_instructions"]]
+    assert {k: kinds.count(k) for k in kinds} == {"quotation": 4, "uppercase": 4, "one_word": 4}
+    taught = {r["prompt"][1]["content"] for r in world["pretrain"]}
+    assert all(any(p.startswith(r["prompt"].split(". ", 1)[0]) for p in taught) for r in world["eval_instructions"])
 
 
 def test_too_many_probes_is_a_clear_error():

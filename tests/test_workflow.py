@@ -50,11 +50,15 @@ def test_every_checkpoint_is_evaluated(study):
     # final_only: the instruction probes run on the base and final checkpoints only.
     probes = scores[scores.task == "mini_instructions"]
     assert set(zip(probes.run, probes.step)) == models - {("grpo", 2), ("sft", 2)}
-    # 8 problems per level: accuracies are multiples of 1/8 with a binomial stderr.
-    maths = scores[(scores.task == "mini_math_l1") & (scores.metric == "accuracy")]
-    assert ((maths.value * 8).round(9) % 1 == 0).all()
-    p = maths.value
-    assert (maths.stderr - (p * (1 - p) / 7) ** 0.5).abs().max() < 1e-9
+    # 8 problems per level, 2 samples each: pass@1 is a multiple of 1/16, its stderr that of the 8 problems' means,
+    # which the samples file holds problem by problem.
+    maths = scores[(scores.task == "mini_math_l1") & (scores.metric == "pass@1")].set_index(["run", "step"])
+    assert ((maths.value * 16).round(9) % 1 == 0).all()
+    assert set(scores[scores.task == "mini_math_l1"].metric) == {"pass@1", "pass@2", "format"}
+    samples = pd.read_json(study / "results/eval/base/step-0.samples.jsonl", lines=True)
+    per_problem = samples[samples.task == "mini_math_l1"].metrics.map(lambda m: m["pass@1"])
+    assert len(per_problem) == 8 and per_problem.mean() == pytest.approx(maths.loc[("base", 0), "value"])
+    assert per_problem.std() / 8 ** 0.5 == pytest.approx(maths.loc[("base", 0), "stderr"])
 
 
 def test_base_model_learned_its_facts(study):

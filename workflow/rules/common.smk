@@ -192,6 +192,9 @@ def analysis_spec():
 
 AUTHORS_NUMBERS = str(Path(workflow.basedir) / "workflow/report/authors.yaml")
 
+# The miniature's pre-registered claims (docs/miniature-claims.md) are tested when its runs are all there.
+MINIATURE_CLAIMS = SYNTHETIC_DATA and BUILD_BASE and {"grpo", "sft", "sft_matched_lr"} <= set(RUNS)
+
 
 def get_final_outputs():
     return [
@@ -202,4 +205,4 @@ def get_final_outputs():
         "results/figures/scores_by_step.png",
         "results/figures/kl_trajectories.png",
         "results/figures/differences_final.png",
-    ]
+    ] + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [])

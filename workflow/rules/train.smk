@@ -77,3 +77,4 @@ use rule train_sft as train_grpo with:
         history="results/runs/{run}/trainer_log.json",
     wildcard_constraints:
         run=method_constraint("grpo"),
+    priority: 1  # the longest training: started first, it leaves the CPU-bound miniature's tail shorter

@@ -27,6 +27,7 @@ COMMANDS = {
     "kl": "kl",
     "tables": "tables",
     "plots": "plots",
+    "claims": "claims",
     "slurm-preview": "slurm_preview",
 }
 

@@ -1,11 +1,14 @@
 """lm-eval tasks of the miniature: local YAML tasks over the generated data, scored with the study's own checks.
 
-- mini_math_l{1,2,3}: generate_until, graded by the GRPO accuracy reward (math-verify) plus the format check;
+- mini_math_l{1,2,3}: generate_until, K samples per problem at the paper's temperature 0.6 and top-p 0.95, graded
+  by the GRPO accuracy reward (math-verify): pass@1 (the mean over the K samples) and pass@k for powers of two up to
+  K (the unbiased estimator of Chen et al. 2021, arXiv 2107.03374, sec. 2.1), plus the format check;
 - mini_facts: multiple_choice over the facts the base model learned (the MMLU analogue);
 - mini_instructions: generate_until, strict match of a checkable instruction (the IFEval analogue).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
@@ -13,23 +16,50 @@ import yaml
 from . import rewards
 
 MATH_LEVELS = (1, 2, 3)
+TEMPERATURE, TOP_P = 0.6, 0.95  # the authors' lighteval sampling (arXiv 2507.10616, sec. 3)
 
 
-def process_math(doc: dict, results: list[str]) -> dict:
-    completion = results[0]
-    return {"accuracy": float(bool(rewards.is_correct(completion, doc["solution"]))),
-            "format": float(rewards.follows_format(completion))}
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k samples drawn without replacement from n, c of them correct, is correct."""
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def ks(samples: int) -> list[int]:
+    return [2 ** i for i in range(samples.bit_length()) if 2 ** i <= samples]
+
+
+def process_math(doc: dict, results: list) -> dict:
+    """`results[0]`: the K completions of one problem (lm-eval's take_first_k filter), or one completion."""
+    completions = results[0] if isinstance(results[0], list) else [results[0]]
+    correct = sum(bool(rewards.is_correct(c, doc["solution"])) for c in completions)
+    n = len(completions)
+    return {**{f"pass@{k}": pass_at_k(n, correct, k) for k in ks(n)},
+            "format": sum(rewards.follows_format(c) for c in completions) / n}
+
+
+def follows_instruction(kind: str, reply: str) -> bool:
+    """The check of one probe kind (data.instruction_probes) on a reply stripped of surrounding whitespace, after
+    IFEval's checks (google-research/google-research, instruction_following_eval/instructions.py):
+    `quotation` as QuotationChecker (starts and ends with a double quote), `uppercase` as CapitalLettersEnglishChecker
+    (`isupper()`, less its language detection), `one_word` one word of letters only."""
+    if kind == "quotation":
+        return len(reply) > 1 and reply[0] == reply[-1] == '"'
+    if kind == "uppercase":
+        return reply.isupper()
+    if kind == "one_word":
+        return reply.isalpha()
+    raise ValueError(f"instruction probe kind {kind!r} is not one of quotation, uppercase, one_word")
 
 
 def process_instruction(doc: dict, results: list[str]) -> dict:
-    return {"prompt_level_strict_acc": float(results[0].strip() == doc["target"])}
+    return {"prompt_level_strict_acc": float(follows_instruction(doc["kind"], results[0].strip()))}
 
 
 def _metrics(*names: str) -> list[dict]:
     return [{"metric": n, "aggregation": "mean", "higher_is_better": True} for n in names]
 
 
-def task_configs(data_dir: Path, max_gen_toks: int) -> dict[str, dict]:
+def task_configs(data_dir: Path, max_gen_toks: int, samples: int = 1) -> dict[str, dict]:
     def local(name: str) -> dict:
         return {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data_dir / name)}},
                 "test_split": "test", "metadata": {"version": 1.0}}
@@ -40,8 +70,12 @@ def task_configs(data_dir: Path, max_gen_toks: int) -> dict[str, dict]:
         configs[f"mini_math_l{level}"] = {
             **local(f"eval_math_l{level}.jsonl"), "output_type": "generate_until",
             "doc_to_text": "{{problem}}", "doc_to_target": "{{answer}}",
-            "generation_kwargs": {"until": until, "max_gen_toks": max_gen_toks, "do_sample": False},
-            "process_results": "!function utils.process_math", "metric_list": _metrics("accuracy", "format"),
+            "repeats": samples,
+            "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": samples}]}],
+            "generation_kwargs": {"until": until, "max_gen_toks": max_gen_toks, "do_sample": True,
+                                  "temperature": TEMPERATURE, "top_p": TOP_P},
+            "process_results": "!function utils.process_math",
+            "metric_list": _metrics(*[f"pass@{k}" for k in ks(samples)], "format"),
         }
     configs["mini_facts"] = {
         **local("eval_facts.jsonl"), "output_type": "multiple_choice",
@@ -57,15 +91,15 @@ def task_configs(data_dir: Path, max_gen_toks: int) -> dict[str, dict]:
     return configs
 
 
-def write_tasks(data_dir, task_dir, max_gen_toks: int = 96) -> list[str]:
+def write_tasks(data_dir, task_dir, max_gen_toks: int = 96, samples: int = 1) -> list[str]:
     """Write one YAML per task plus the utils.py their `!function` hooks resolve against."""
     data_dir, task_dir = Path(data_dir).resolve(), Path(task_dir)
     task_dir.mkdir(parents=True, exist_ok=True)
     (task_dir / "utils.py").write_text("from scalpel.tasks import process_instruction, process_math  # noqa: F401\n")
-    for name, cfg in task_configs(data_dir, max_gen_toks).items():
+    for name, cfg in task_configs(data_dir, max_gen_toks, samples).items():
         text = yaml.safe_dump({"task": name, **cfg}, sort_keys=False)
         # lm-eval's loader wants the `!function` tag unquoted.
         text = text.replace("'!function utils.", "!function utils.").replace("_math'", "_math").replace(
             "_instruction'", "_instruction")
         (task_dir / f"{name}.yaml").write_text(text)
-    return list(task_configs(data_dir, max_gen_toks))
+    return list(task_configs(data_dir, max_gen_toks, samples))

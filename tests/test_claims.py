@@ -1,0 +1,96 @@
+"""The claims command on a hand-made results folder: paired intervals, verdicts and pass@k rows from known values."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from scalpel import claims, cli
+
+RUNS = {"grpo": 4, "sft": 4, "sft_matched_lr": 4, "sft_frozen_mid_mlp": 4, "sft_qk_only": 4}
+
+
+def write_samples(path, tasks):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for task, (metric, values) in tasks.items():
+            for i, v in enumerate(values):
+                metrics = {metric: v} if metric != "pass@1" else {"pass@1": v, "pass@2": min(1.0, 2 * v)}
+                fh.write(json.dumps({"task": task, "doc_id": i, "metrics": metrics}) + "\n")
+
+
+@pytest.fixture
+def results(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "tables").mkdir()
+    runs = {r: {"method": "grpo" if r == "grpo" else "sft", "checkpoint_steps": [2, s]} for r, s in RUNS.items()}
+    (tmp_path / "tables/spec.yaml").write_text(yaml.safe_dump({"runs": runs}))
+    maths = {"base": rng.uniform(0, 0.5, 40)}
+    maths["grpo"] = maths["base"] + 0.3
+    facts = {"base": np.ones(30), "grpo": np.r_[np.zeros(1), np.ones(29)], "sft": np.r_[np.zeros(15), np.ones(15)]}
+    probes = {"base": np.ones(20), "grpo": np.ones(20), "sft": np.zeros(20)}
+    for run in ["base", *RUNS]:
+        step = 0 if run == "base" else RUNS[run]
+        write_samples(tmp_path / f"eval/{run}/step-{step}.samples.jsonl", {
+            "mini_math_l1": ("pass@1", maths.get(run, maths["base"])[:20]),
+            "mini_math_l2": ("pass@1", maths.get(run, maths["base"])[20:]),
+            "mini_math_l3": ("pass@1", maths["base"][:20]),
+            "mini_facts": ("acc", facts.get(run, facts["sft"])),
+            "mini_instructions": ("prompt_level_strict_acc", probes.get(run, probes["sft"]))})
+        if run != "base":
+            kl = np.full(10, 0.1) if run == "grpo" else np.linspace(0.2, 0.4, 10)
+            (tmp_path / f"kl/{run}").mkdir(parents=True)
+            (tmp_path / f"kl/{run}/step-{step}.json").write_text(json.dumps({"per_example": kl.tolist()}))
+            (tmp_path / f"diff/{run}").mkdir(parents=True)
+            scale = 1.0 if run == "grpo" else 3.0
+            pd.DataFrame({"layer": np.repeat([0, 1], 2), "module": ["q_proj", "k_proj"] * 2,
+                          "rel_update": scale * np.array([0.01, 0.02, 0.03, 0.04])}).to_parquet(
+                tmp_path / f"diff/{run}/step-{step}.parquet")
+    return tmp_path
+
+
+def test_claims_from_known_values(results):
+    study = claims.Study(results)
+    table = claims.claims(study, ["mini_math_l1", "mini_math_l2"], ["mini_math_l3"])
+    by = {(r.claim, r.comparison, r.task): r for r in table.itertuples()}
+    gain = by[("1a", "grpo - base", "mini_math_l1+mini_math_l2")]
+    assert gain.estimate == pytest.approx(0.3) and gain.ci_low == pytest.approx(0.3) and gain.verdict == "pass"
+    facts = by[("1b", "grpo - base", "mini_facts")]
+    se = np.r_[-1, np.zeros(29)].std(ddof=1) / math.sqrt(30)
+    assert facts.estimate == pytest.approx(-1 / 30) and facts.ci_low == pytest.approx(-1 / 30 - 1.959964 * se)
+    assert facts.verdict == "pass"  # one item lost of 30: within noise
+    ood = by[("2", "sft - grpo", "OOD mean")]
+    assert ood.estimate == pytest.approx(((15 / 30 - 29 / 30) + (0 - 1)) / 2) and ood.verdict == "pass"
+    kl = by[("3a", "sft_matched_lr - grpo", "KL reference")]
+    assert kl.estimate == pytest.approx(0.2) and kl.verdict == "pass"
+    update = by[("3b", "ln(sft_matched_lr / grpo)", "weights")]
+    assert update.estimate == pytest.approx(math.log(3)) and update.verdict == "pass"
+    assert by[("4", "base", "mini_instructions")].estimate == 1.0
+
+
+def test_pass_at_k_rows(results):
+    curves = claims.pass_at_k(claims.Study(results), ["mini_math_l1"], ["base", "grpo"])
+    assert sorted(curves.k.unique()) == [1, 2]
+    grpo = curves[(curves.run == "grpo") & (curves.k == 1)].iloc[0]
+    assert grpo.delta_vs_base == pytest.approx(0.3)
+
+
+def test_items_must_match(results):
+    path = results / "eval/grpo/step-4.samples.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("\n".join(json.dumps({**r, "doc_id": r["doc_id"] + 1}) for r in rows) + "\n")
+    with pytest.raises(ValueError, match="mini_math_l1: grpo and base were scored on different items"):
+        claims.Study(results).paired("grpo", "base", "mini_math_l1", "pass@1")
+
+
+def test_claims_command_writes_both_tables(results):
+    out = results / "tables/claims.tsv"
+    cli.main(["claims", "--results", results, "--in-domain", "mini_math_l1", "mini_math_l2",
+              "--untrained", "mini_math_l3", "--out", out])
+    table = pd.read_csv(out, sep="\t")
+    assert set(table[table.verdict.notna()].claim) == {"1a", "1b", "2", "3a", "3b", "4"}
+    assert (table[table.verdict.notna()].verdict == "pass").all()
+    curves = pd.read_csv(results / "tables/claims_pass_at_k.tsv", sep="\t")
+    assert set(curves.run) == {"base", "grpo", "sft"} and set(curves.k) == {1, 2}
