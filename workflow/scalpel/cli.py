@@ -25,8 +25,12 @@ COMMANDS = {
     "evaluate": "evaluate",
     "diff": "diff",
     "kl": "kl",
+    "weights": "weights",
     "tables": "tables",
     "plots": "plots",
+    "weight-tables": "weight_tables",
+    "weight-plots": "weight_plots",
+    "forgetting": "forgetting",
     "slurm-preview": "slurm_preview",
 }
 
