@@ -100,7 +100,11 @@ rule weight_tables:
 
 rule weight_plots:
     input:
-        rules.weight_tables.output,
+        updates="results/tables/weights_update.tsv",
+        spectral="results/tables/weights_spectral.tsv",
+        means="results/tables/weights_means.tsv",
+        align="results/tables/weights_align.tsv",
+        align_means="results/tables/weights_align_means.tsv",
     output:
         heatmaps=report(
             "results/figures/weights_heatmaps.png", caption="../report/weights_heatmaps.rst", category="Weights"
@@ -119,7 +123,7 @@ rule weight_plots:
     conda:
         "../../envs/report.yaml"
     shell:
-        'python -m scalpel weight-plots --tables "$(dirname {input[0]:q})"'
+        'python -m scalpel weight-plots --tables "$(dirname {input.means:q})"'
         ' --outdir "$(dirname {output.heatmaps:q})" > {log:q} 2>&1'
 
 

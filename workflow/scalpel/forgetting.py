@@ -71,7 +71,7 @@ def r2(x, y) -> float:
     sxx, syy = float(xc @ xc), float(yc @ yc)
     if sxx <= 0 or syy <= 0:
         return 0.0
-    return float(xc @ yc) ** 2 / (sxx * syy)
+    return min(1.0, float(xc @ yc) ** 2 / (sxx * syy))  # rounding can pass 1 by an ulp
 
 
 def fit(x, y, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
