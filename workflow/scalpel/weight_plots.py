@@ -100,6 +100,7 @@ def trajectories(means: pd.DataFrame, out_png) -> dict:
         if measure.startswith("overlap_") and "overlap_random" in means:
             ax.axhline(float(means.overlap_random.iloc[0]), color="0.5", lw=0.8, ls=":", label="random")
         ax.set_title(_label(measure), fontsize=8)
+        ax.set_xlim(0, 105)  # the same axis for measures of the final checkpoints only
         ax.set_xlabel("% of training", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in axes[len(measures):]:
