@@ -279,7 +279,9 @@ def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
     checkpoints = 6 * 20
     assert counts == {"prefetch": 3, "base_model": 1, "data": 1, "launch_files": 1, "run_spec": 6, "train_grpo": 1,
                       "train_sft": 5, "evaluate": 1 + checkpoints, "diff": checkpoints, "kl": checkpoints,
-                      "analysis_spec": 1, "tables": 1, "plots": 1, "all": 1}
+                      "analysis_spec": 1, "tables": 1, "plots": 1, "all": 1, "weights_update": checkpoints,
+                      "weights_spectral": 6, "weights_align": 5, "weight_tables": 1, "weight_plots": 1,
+                      "forgetting": 1}
     evals = [j["shell"] for j in paper_dag if j["rule"] == "evaluate"]
     every = "paper_aime24,paper_math500,paper_gsm8k,paper_gpqa_diamond,paper_mmlu,leaderboard_mmlu_pro,paper_ifeval"
     assert sum(f"--tasks {every} " in s for s in evals) == 1 + 6  # the base and each run's final checkpoint
@@ -293,6 +295,17 @@ def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
 def test_paper_dag_diffs_compare_in_the_checkpoints_dtype(paper_dag):
     diffs = [j["shell"] for j in paper_dag if j["rule"] == "diff"]
     assert len(diffs) == 6 * 20 and all(" --dtype-mismatch cast " in s for s in diffs)
+
+
+def test_paper_dag_weight_analyses(paper_dag):
+    """Sparsity for every checkpoint; SVDs on each run's final checkpoint only, at k 16 and 64; GRPO against each
+    SFT run."""
+    spectral = [j["shell"] for j in paper_dag if j["rule"] == "weights_spectral"]
+    assert sum(s.count("--checkpoint ") for s in spectral) == 6 and all("--ks 16 64 " in s for s in spectral)
+    assert any("--checkpoint 571=results/runs/grpo/checkpoints/step-571 " in s for s in spectral)
+    aligns = sorted(j["shell"].split("--out ")[1].split()[0] for j in paper_dag if j["rule"] == "weights_align")
+    assert aligns == [f"results/weights/align/grpo_vs_{run}.parquet" for run in
+                      ("sft", "sft_1epoch", "sft_frozen_mid_mlp", "sft_matched_lr", "sft_qk_only")]
 
 
 def test_paper_dag_jobs_get_the_profile_resources(paper_dag):
@@ -310,7 +323,7 @@ def test_paper_dag_jobs_get_the_profile_resources(paper_dag):
         checked.add(job["rule"])
     gpu_rules = {r for r, res in profile["set-resources"].items() if "gpu" in res}
     assert gpu_rules == {"train_grpo", "train_sft", "evaluate", "kl"} and gpu_rules <= checked
-    assert {"data", "diff", "prefetch"} <= checked
+    assert {"data", "diff", "prefetch", "weights_update", "weights_spectral", "weights_align"} <= checked
 
 
 def test_report_maps_every_authors_model_and_benchmark(paper):
@@ -348,8 +361,11 @@ def test_sbatch_lines_of_the_paper_dag(paper_dag):
     assert lines["data"].endswith("--cpus-per-task=16")  # the profile's threads reach Slurm, not capped locally
     trains = [j["shell"] for j in paper_dag if j["rule"].startswith("train_")]
     assert all(s.startswith("OMP_NUM_THREADS=8 accelerate launch") for s in trains)  # 64 threads / 8 processes
+    assert lines["weights_spectral"] == "-A 'acct' -p 'cpu' -t 360 --mem 8000 --ntasks=1 --cpus-per-task=16"
+    assert lines["weights_update"] == "-A 'acct' -p 'cpu' -t 30 --mem 2000 --ntasks=1 --cpus-per-task=2"
     assert {j["rule"] for j in paper_dag if j["local"]} == {"run_spec", "launch_files", "prefetch", "analysis_spec",
-                                                              "tables", "plots"}
+                                                              "tables", "plots", "weight_tables", "weight_plots",
+                                                              "forgetting"}
 
 
 def test_vllm_server_mode_gives_one_gpu_to_vllm_as_the_authors_ran(tmp_path):

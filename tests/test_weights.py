@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from scalpel import weights
+from scalpel import cli, weights
 from scalpel.diff import MODULES, relative_updates
 from scalpel.tensor_stream import ChunkReader, model_tensors, read_header
 
@@ -562,16 +562,19 @@ def test_summarize_means_spectral_columns_skipping_frozen():
 
 def test_cli_writes_each_table(pair, tmp_path):
     root, *_ = pair
-    weights.main(["update", "--base", str(root / "base"), "--checkpoint", str(root / "ckpt"),
-                  "--out", str(tmp_path / "u.parquet"), "--buffered"])
-    weights.main(["align", "--base", str(root / "base"), "--run-a", str(root / "ckpt"), "--run-b",
-                  str(root / "other"), "--out", str(tmp_path / "a.parquet")])
-    weights.main(["spectral", "--base", str(root / "base"), "--checkpoint", f"c={root / 'ckpt'}", "--ks", "2", "4",
-                  "--out", str(tmp_path / "s.parquet")])
+    scalpel = lambda *argv: cli.main(["weights", *map(str, argv)])  # noqa: E731
+    scalpel("update", "--base", root / "base", "--checkpoint", root / "ckpt", "--run", "r", "--step", 3,
+            "--out", tmp_path / "u.parquet", "--buffered")
+    scalpel("align", "--base", root / "base", "--checkpoint-a", root / "ckpt", "--run-a", "r", "--step-a", 3,
+            "--checkpoint-b", root / "other", "--run-b", "o", "--step-b", 4, "--out", tmp_path / "a.parquet")
+    scalpel("spectral", "--base", root / "base", "--checkpoint", f"3={root / 'ckpt'}", "--run", "r", "--ks", 2, 4,
+            "--out", tmp_path / "s.parquet")
     u, a, s = (pd.read_parquet(tmp_path / f"{x}.parquet") for x in "uas")
     assert len(u) == len(a) == len(s) == LAYERS * len(MODULES)
     assert {"unchanged_bitwise", "overlap_top"} <= set(u) and "cosine" in a
-    assert {"angle_left_k2", "angle_right_k4"} <= set(s) and set(s.checkpoint) == {"c"}
+    assert set(u.run) == {"r"} and set(u.step) == {3}
+    assert (set(a.run_a), set(a.step_a), set(a.run_b), set(a.step_b)) == ({"r"}, {3}, {"o"}, {4})
+    assert {"angle_left_k2", "angle_right_k4"} <= set(s) and set(s.step) == {3} and set(s.run) == {"r"}
     with pytest.raises(SystemExit):
-        weights.main(["spectral", "--base", str(root / "base"), "--checkpoint", str(root / "ckpt"),
-                      "--out", str(tmp_path / "x.parquet")])
+        scalpel("spectral", "--base", root / "base", "--checkpoint", root / "ckpt", "--run", "r",
+                "--out", tmp_path / "x.parquet")

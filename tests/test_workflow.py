@@ -85,6 +85,48 @@ def test_updates_follow_what_was_trainable(study):
         assert means[4] > means[2] > 0
 
 
+def test_weight_analyses_follow_what_was_trainable(study):
+    update = table(study, "weights_update.tsv")
+    assert len(update) == 4 * 7 * 6
+    frozen = update[update.run == "sft_frozen_mid_mlp"]
+    is_frozen_mlp = frozen.layer.isin([1, 2]) & frozen.module.isin(["gate_proj", "up_proj", "down_proj"])
+    assert (frozen[is_frozen_mlp].unchanged_bitwise == 1).all() and (frozen[is_frozen_mlp].unchanged_tol == 1).all()
+    assert frozen[is_frozen_mlp].overlap_top.isna().all()  # no updated element to place
+    assert (frozen[~is_frozen_mlp].unchanged_tol < 1).all()
+    qk = update[update.run == "sft_qk_only"]
+    is_qk = qk.module.isin(["q_proj", "k_proj"])
+    assert (qk[~is_qk].unchanged_bitwise == 1).all() and (qk[is_qk].unchanged_tol < 1).all()
+    diff = table(study, "updates.tsv").merge(update, on=["run", "step", "layer", "module"])
+    assert len(diff) == len(update) and diff.rel_update_y.to_numpy() == pytest.approx(diff.rel_update_x, rel=1e-6)
+    spectral = table(study, "weights_spectral.tsv")
+    assert set(zip(spectral.run, spectral.step)) == {("grpo", 4), ("sft", 4), ("sft_frozen_mid_mlp", 4),
+                                                     ("sft_qk_only", 4)}  # weights.spectral: final
+    still = spectral[(spectral.run == "sft_frozen_mid_mlp") & spectral.layer.isin([1, 2])
+                     & spectral.module.isin(["gate_proj", "up_proj", "down_proj"])]
+    assert len(still) == 6 and (still.nss == 0).all() and (still.angle_left_k4 == 0).all()
+    assert still.stable_rank.isna().all()
+    align = table(study, "weights_align.tsv")
+    assert set(zip(align.run_a, align.run_b)) == {("grpo", "sft"), ("grpo", "sft_frozen_mid_mlp"),
+                                                  ("grpo", "sft_qk_only")}
+    with_qk = align[align.run_b == "sft_qk_only"]
+    assert with_qk[~with_qk.module.isin(["q_proj", "k_proj"])].cosine.isna().all()  # a zero update has no direction
+    assert with_qk[with_qk.module.isin(["q_proj", "k_proj"])].cosine.between(-1, 1).all()
+    means = table(study, "weights_means.tsv")
+    assert len(means) == 6 and means.stable_rank.notna().sum() == 4
+
+
+def test_forgetting_predictors(study):
+    fits = table(study, "forgetting.tsv")
+    assert {"kl_per_token", "rel_update", "unchanged_tol", "stable_rank"} <= set(fits.predictor)
+    assert list(fits.r2.dropna()) == sorted(fits.r2.dropna(), reverse=True)
+    # instructions run on final checkpoints only: the 4 finals have every out-of-domain task, steps 2 do not
+    assert (fits.checkpoints_left_out == 2).all() and (fits.set_index("predictor").n.loc["kl_per_token"] == 4)
+    assert fits.r2.between(0, 1).all()
+    points = table(study, "forgetting_points.tsv")
+    assert set(zip(points.run, points.step)) == {("grpo", 4), ("sft", 4), ("sft_frozen_mid_mlp", 4),
+                                                 ("sft_qk_only", 4)}
+
+
 def test_summary_and_ratio(study):
     summary = table(study, "summary.tsv").set_index("run")
     assert math.isnan(summary.loc["base", "mean_rel_update"])
@@ -125,15 +167,19 @@ def test_checkpoints_are_loadable_hf_folders(study):
 
 
 def test_report_and_rerun_behaviour(study):
-    for name in ("update_heatmaps", "update_trajectories", "scores_final", "scores_by_step", "kl_trajectories"):
+    for name in ("update_heatmaps", "update_trajectories", "scores_final", "scores_by_step", "kl_trajectories",
+                 "weights_heatmaps", "weights_trajectories", "weights_alignment", "forgetting"):
         assert (study / f"results/figures/{name}.png").stat().st_size > 10_000
     assert "Nothing to be done" in snakemake(study, "-n").stdout
     # Forcing one checkpoint's evaluation reruns it and what depends on it, nothing else.
     assert planned_jobs(study, "results/tables/summary.tsv", "--forcerun", "results/eval/grpo/step-2.tsv") == {
         "evaluate": 1, "tables": 1, "total": 2}
     # Forcing a rule reruns its jobs and their dependants: the SFT runs (2 + 1 + 1 checkpoints), not GRPO.
+    # The weight analyses: every SFT checkpoint, each SFT run's final one (spectral), each GRPO x SFT pair.
     assert planned_jobs(study, "--forcerun", "train_sft") == {
-        "train_sft": 3, "diff": 4, "evaluate": 4, "kl": 4, "tables": 1, "plots": 1, "all": 1, "total": 18}
+        "train_sft": 3, "diff": 4, "evaluate": 4, "kl": 4, "weights_update": 4, "weights_spectral": 3,
+        "weights_align": 3, "tables": 1, "weight_tables": 1, "forgetting": 1, "plots": 1, "weight_plots": 1, "all": 1,
+        "total": 31}
     report = study / "report.html"
     snakemake(study, "--report", str(report))
     html = report.read_text(errors="replace")

@@ -65,3 +65,72 @@ if MINIATURE_CLAIMS:
         shell:
             'python -m scalpel claims --results "$(dirname "$(dirname {input.spec:q})")"'
             " --in-domain {params.in_domain:q} --untrained {params.untrained:q} --out {output.claims:q} > {log:q} 2>&1"
+
+
+# scalpel.weights: the update pass reads both folders once, streamed (0.5 GiB peak RSS at 7B); the spectral pass
+# decomposes the base once for all of a run's checkpoints it covers (config weights.spectral).
+rule weights_update:
+    input:
+        base=base_model_dir(),
+        model=get_model_dir,
+    output:
+        "results/weights/update/{run}/step-{step}.parquet",
+    log:
+        "logs/weights_update/{run}/step-{step}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        checkpoint=get_checkpoint_path,
+        dtype_mismatch=config["diff"]["dtype_mismatch"],
+    shell:
+        "OMP_NUM_THREADS={threads} python -m scalpel weights update --base {input.base:q}"
+        " --checkpoint {params.checkpoint:q} --run {wildcards.run} --step {wildcards.step}"
+        " --dtype-mismatch {params.dtype_mismatch:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule weights_spectral:
+    input:
+        base=base_model_dir(),
+        model=get_model_dir,
+    output:
+        "results/weights/spectral/{run}.parquet",
+    log:
+        "logs/weights_spectral/{run}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        checkpoints=lambda wildcards: [a for c in get_spectral_checkpoints(wildcards) for a in ("--checkpoint", c)],
+        ks=config["weights"]["top_k"],
+        dtype_mismatch=config["diff"]["dtype_mismatch"],
+    shell:
+        "OMP_NUM_THREADS={threads} python -m scalpel weights spectral --base {input.base:q} {params.checkpoints:q}"
+        " --run {wildcards.run} --ks {params.ks} --dtype-mismatch {params.dtype_mismatch:q} --out {output:q}"
+        " > {log:q} 2>&1"
+
+
+rule weights_align:
+    input:
+        base=base_model_dir(),
+        a="results/runs/{run_a}/checkpoints",
+        b="results/runs/{run_b}/checkpoints",
+    output:
+        "results/weights/align/{run_a}_vs_{run_b}.parquet",
+    log:
+        "logs/weights_align/{run_a}_vs_{run_b}.log",
+    wildcard_constraints:
+        run_a="|".join(RUNS),
+        run_b="|".join(RUNS),
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        step_a=lambda wildcards: RUNS[wildcards.run_a]["checkpoint_steps"][-1],
+        step_b=lambda wildcards: RUNS[wildcards.run_b]["checkpoint_steps"][-1],
+        dtype_mismatch=config["diff"]["dtype_mismatch"],
+    shell:
+        "OMP_NUM_THREADS={threads} python -m scalpel weights align --base {input.base:q}"
+        " --checkpoint-a {input.a:q}/step-{params.step_a} --run-a {wildcards.run_a} --step-a {params.step_a}"
+        " --checkpoint-b {input.b:q}/step-{params.step_b} --run-b {wildcards.run_b} --step-b {params.step_b}"
+        " --dtype-mismatch {params.dtype_mismatch:q} --out {output:q} > {log:q} 2>&1"

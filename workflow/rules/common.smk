@@ -24,6 +24,7 @@ try:
     study_config.eval_suites(config, final=True)
     study_config.check_launch(config)
     study_hub.check_config(config)
+    WEIGHT_PAIRS = study_config.weight_pairs(config, RUNS)
 except study_config.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 BASE = study_config.BASE
@@ -175,6 +176,28 @@ def get_kl_files(wildcards=None):
     return [f"results/kl/{run}/step-{step}.json" for run in RUNS for _, step in checkpoints_of(run)]
 
 
+def get_weight_update_files(wildcards=None):
+    return [f"results/weights/update/{run}/step-{step}.parquet" for run in RUNS for _, step in checkpoints_of(run)]
+
+
+def spectral_steps(run):
+    """The checkpoints of a run that get the spectral metrics (config weights.spectral)."""
+    steps = RUNS[run]["checkpoint_steps"]
+    return {"final": steps[-1:], "all": steps, "none": []}[config["weights"]["spectral"]]
+
+
+def get_weight_spectral_files(wildcards=None):
+    return [f"results/weights/spectral/{run}.parquet" for run in RUNS if spectral_steps(run)]
+
+
+def get_spectral_checkpoints(wildcards):
+    return [f"{step}=results/runs/{wildcards.run}/checkpoints/step-{step}" for step in spectral_steps(wildcards.run)]
+
+
+def get_weight_align_files(wildcards=None):
+    return [f"results/weights/align/{a}_vs_{b}.parquet" for a, b in WEIGHT_PAIRS]
+
+
 def get_kl_reference():
     return config["kl"]["reference"] or "results/data/kl_reference.jsonl"
 
@@ -205,4 +228,8 @@ def get_final_outputs():
         "results/figures/scores_by_step.png",
         "results/figures/kl_trajectories.png",
         "results/figures/differences_final.png",
+        "results/figures/weights_heatmaps.png",
+        "results/figures/weights_trajectories.png",
+        "results/figures/weights_alignment.png",
+        "results/figures/forgetting.png",
     ] + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [])

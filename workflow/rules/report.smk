@@ -86,3 +86,77 @@ rule plots:
     shell:
         'python -m scalpel plots --tables "$(dirname {input.summary:q})" --spec {input.spec:q}'
         ' --outdir "$(dirname {output.heatmaps:q})" > {log:q} 2>&1'
+
+
+rule weight_tables:
+    input:
+        updates=get_weight_update_files(),
+        spectral=get_weight_spectral_files(),
+        align=get_weight_align_files(),
+        spec="results/tables/spec.yaml",
+    output:
+        updates="results/tables/weights_update.tsv",
+        spectral="results/tables/weights_spectral.tsv",
+        means=report("results/tables/weights_means.tsv", caption="../report/weights_means.rst", category="Tables"),
+        align="results/tables/weights_align.tsv",
+        align_means=report(
+            "results/tables/weights_align_means.tsv", caption="../report/weights_align_means.rst", category="Tables"
+        ),
+    log:
+        "logs/weight_tables/weight_tables.log",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m scalpel weight-tables --update {input.updates:q} --spectral {input.spectral:q}"
+        ' --align {input.align:q} --spec {input.spec:q} --outdir "$(dirname {output.means:q})" > {log:q} 2>&1'
+
+
+rule weight_plots:
+    input:
+        updates="results/tables/weights_update.tsv",
+        spectral="results/tables/weights_spectral.tsv",
+        means="results/tables/weights_means.tsv",
+        align="results/tables/weights_align.tsv",
+        align_means="results/tables/weights_align_means.tsv",
+    output:
+        heatmaps=report(
+            "results/figures/weights_heatmaps.png", caption="../report/weights_heatmaps.rst", category="Weights"
+        ),
+        trajectories=report(
+            "results/figures/weights_trajectories.png",
+            caption="../report/weights_trajectories.rst",
+            category="Weights",
+        ),
+        alignment=report(
+            "results/figures/weights_alignment.png", caption="../report/weights_alignment.rst", category="Weights"
+        ),
+    log:
+        "logs/weight_plots/weight_plots.log",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        'python -m scalpel weight-plots --tables "$(dirname {input.means:q})"'
+        ' --outdir "$(dirname {output.heatmaps:q})" > {log:q} 2>&1'
+
+
+rule forgetting:
+    input:
+        scores="results/tables/scores.tsv",
+        kl="results/tables/kl.tsv",
+        weights="results/tables/weights_means.tsv",
+        spec="results/tables/spec.yaml",
+    output:
+        table=report("results/tables/forgetting.tsv", caption="../report/forgetting_table.rst", category="Forgetting"),
+        points="results/tables/forgetting_points.tsv",
+        figure=report("results/figures/forgetting.png", caption="../report/forgetting.rst", category="Forgetting"),
+    log:
+        "logs/forgetting/forgetting.log",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m scalpel forgetting --scores {input.scores:q} --kl {input.kl:q} --weights {input.weights:q}"
+        " --spec {input.spec:q} --table {output.table:q} --points {output.points:q} --figure {output.figure:q}"
+        " > {log:q} 2>&1"

@@ -25,9 +25,13 @@ COMMANDS = {
     "evaluate": "evaluate",
     "diff": "diff",
     "kl": "kl",
+    "weights": "weights",
     "tables": "tables",
     "plots": "plots",
     "claims": "claims",
+    "weight-tables": "weight_tables",
+    "weight-plots": "weight_plots",
+    "forgetting": "forgetting",
     "slurm-preview": "slurm_preview",
 }
 

@@ -184,6 +184,20 @@ def task_domains(config: dict) -> dict[str, list[str]]:
             "out_of_domain": [t for s, ts in ev["tasks"].items() if s not in in_suites for t in ts]}
 
 
+def weight_pairs(config: dict, runs: dict[str, dict]) -> list[tuple[str, str]]:
+    """The pairs of runs whose final checkpoints' updates are compared: every GRPO x SFT pair, then
+    `weights.pairs`, each once (in either order)."""
+    pairs = [(a, b) for a in runs if runs[a]["method"] == "grpo" for b in runs if runs[b]["method"] == "sft"]
+    for i, pair in enumerate(config.get("weights", {}).get("pairs", [])):
+        for run in pair:
+            if run not in runs:
+                raise ConfigError(f"weights.pairs[{i}]: {run!r} is not a run (runs: {', '.join(runs)})")
+        if pair[0] == pair[1]:
+            raise ConfigError(f"weights.pairs[{i}]: a run compared with itself ({pair[0]!r})")
+        if tuple(pair) not in pairs and tuple(reversed(pair)) not in pairs:
+            pairs.append(tuple(pair))
+    return pairs
+
 def settings_table(config: dict, runs: dict[str, dict]) -> str:
     """The settings a GPU run depends on, one line per run, for the dry run to show before anything is submitted."""
     launch = config.get("launch", {})

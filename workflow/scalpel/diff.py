@@ -44,7 +44,7 @@ def _tensor_files(model_dir) -> tuple[dict[str, Path], Path]:
     raise FileNotFoundError(f"{model_dir}: neither {_SINGLE} nor {_INDEX}")
 
 
-def _layer_module(name: str) -> tuple[int, str] | None:
+def layer_module(name: str) -> tuple[int, str] | None:
     m = _TENSOR.fullmatch(name)
     return None if m is None else (int(m.group(1)), m.group(2) or m.group(3))
 
@@ -86,10 +86,10 @@ def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS,
         raise ValueError(f"diff.dtype_mismatch: {dtype_mismatch!r} is not one of {DTYPE_POLICIES}")
     base_files, base_src = _tensor_files(base_dir)
     ckpt_files, ckpt_src = _tensor_files(ckpt_dir)
-    wanted = {name: lm for name in base_files if (lm := _layer_module(name)) is not None}
+    wanted = {name: lm for name in base_files if (lm := layer_module(name)) is not None}
     if not wanted:
         raise ValueError(f"{base_src}: no model.layers.*.{{self_attn,mlp}}.*_proj.weight tensors")
-    extra = sorted(n for n in ckpt_files if _layer_module(n) is not None and n not in wanted)
+    extra = sorted(n for n in ckpt_files if layer_module(n) is not None and n not in wanted)
     if extra:
         raise ValueError(f"{extra[0]}: in checkpoint ({ckpt_src}) but not in base ({base_src})")
 

@@ -28,24 +28,24 @@ decomposed once for all checkpoints:
 Conventions. A matrix the checkpoint left bit-identical (frozen) has unchanged_* 1, nss 0, angles 0, and NaN for
 what has no value: overlap_* (no updated element), stable_rank and effective_rank (dW = 0), cosine with another
 run (a zero update has no direction); jaccard and jaccard_random are NaN only when neither run updated the matrix.
-Weights must be finite (a base with inf or NaN is refused). `summarize` gives model (or per-group) values:
-pooled over all elements for counts and norms, the mean over matrices (NaN skipped) for spectral columns.
+Weights must be finite (a base with inf or NaN is refused). `summarize` (scalpel.weight_tables) gives model
+(or per-group) values: pooled over all elements for counts and norms, the mean over matrices (NaN skipped) for
+spectral columns.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import threading
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
-from pandas.api.types import is_numeric_dtype
 
-from scalpel.diff import DTYPE_POLICIES, MODULES, _layer_module
-from scalpel.io import atomic_output, check_safetensors
+from scalpel.diff import DTYPE_POLICIES, MODULES, layer_module
+from scalpel.io import check_safetensors, write_parquet
 from scalpel.tensor_stream import DEFAULT_CHUNK_BYTES, ChunkReader, TensorEntry, model_tensors
+from scalpel.weight_tables import summarize  # noqa: F401  (beside the tables it pools)
 
 RTOL = 1e-3
 ALPHA = 0.3
@@ -68,11 +68,11 @@ def _matrices(dirs: Sequence, labels: Sequence[str], dtype_mismatch: str) -> lis
         raise ValueError(f"dtype_mismatch: {dtype_mismatch!r} is not one of {DTYPE_POLICIES}")
     tables = [model_tensors(d) for d in dirs]
     base, base_src = tables[0]
-    wanted = {name: lm for name in base if (lm := _layer_module(name)) is not None}
+    wanted = {name: lm for name in base if (lm := layer_module(name)) is not None}
     if not wanted:
         raise ValueError(f"{base_src}: no model.layers.*.{{self_attn,mlp}}.*_proj.weight tensors")
     for (entries, src), label in zip(tables[1:], labels[1:]):
-        extra = sorted(n for n in entries if _layer_module(n) is not None and n not in wanted)
+        extra = sorted(n for n in entries if layer_module(n) is not None and n not in wanted)
         if extra:
             raise ValueError(f"{extra[0]}: in {label} ({src}) but not in base ({base_src})")
     out = []
@@ -464,108 +464,72 @@ def spectral_metrics(base_dir, checkpoints: Mapping[str, object], *, ks: Sequenc
     return pd.DataFrame(rows)
 
 
-# ---- model means --------------------------------------------------------------------------------------------------
-
-def _ratio(num: float, den: float) -> float:
-    return num / den if den else math.nan
-
-
-_POOLED = {  # column: (the summed columns it needs, its value from their sums s)
-    "unchanged_bitwise": (("n_equal", "n"), lambda s: s["n_equal"] / s["n"]),
-    "unchanged_tol": (("n_updated", "n"), lambda s: 1 - s["n_updated"] / s["n"]),
-    "overlap_top": (("top_hits", "n_updated"), lambda s: _ratio(s["top_hits"], s["n_updated"])),
-    "overlap_bottom": (("bottom_hits", "n_updated"), lambda s: _ratio(s["bottom_hits"], s["n_updated"])),
-    "rel_update": (("delta_sq", "base_sq"), lambda s: math.sqrt(_ratio(s["delta_sq"], s["base_sq"]))),
-    "cosine": (("dot", "delta_sq_a", "delta_sq_b"),
-               lambda s: _ratio(s["dot"], math.sqrt(s["delta_sq_a"] * s["delta_sq_b"]))),
-    "updated_a": (("n_updated_a", "n"), lambda s: s["n_updated_a"] / s["n"]),
-    "updated_b": (("n_updated_b", "n"), lambda s: s["n_updated_b"] / s["n"]),
-    "jaccard": (("n_updated_both", "n_updated_a", "n_updated_b"),
-                lambda s: _ratio(s["n_updated_both"], s["n_updated_a"] + s["n_updated_b"] - s["n_updated_both"])),
-}
-
-
-def summarize(df: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    """Model means (one row, or one per `by` group) of any of the three tables, with the number of matrices.
-
-    Counts and norms are pooled over all elements, i.e. the metric of the model as one vector: unchanged_*,
-    overlap_*, rel_update, cosine, updated_*, jaccard; jaccard_random keeps each matrix's densities
-    (sum of n p q over sum of n (p + q - p q)). The rest (nss, ranks, angles) is the mean over matrices, NaN
-    (frozen matrices) skipped."""
-    by = list(by)
-    pooled_raw = {c for cols, _ in _POOLED.values() for c in cols} | {"n"}
-    rows = []
-    for key, group in (df.groupby(by, sort=False) if by else [((), df)]):
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        row["matrices"] = len(group)
-        for col, (needs, formula) in _POOLED.items():
-            if col in group and all(c in group for c in needs):
-                row[col] = formula(group[list(needs)].sum())
-        if "overlap_random" in group:
-            row["overlap_random"] = float(group["overlap_random"].iloc[0])
-        if "jaccard_random" in group:
-            a, b, n = group["n_updated_a"], group["n_updated_b"], group["n"]
-            union = (a + b - a * b / n).sum()
-            row["jaccard_random"] = float((a * b / n).sum() / union) if union else math.nan
-        for col in group.columns:
-            if col not in row and col not in pooled_raw and col != "layer" and is_numeric_dtype(group[col]):
-                row[col] = float(group[col].mean())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 # ---- command line -------------------------------------------------------------------------------------------------
 
-def _write(df: pd.DataFrame, out) -> None:
-    with atomic_output(out) as tmp:
-        df.to_parquet(tmp, index=False)
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Weight analyses of checkpoints against their base (per layer x module).")
-    sub = ap.add_subparsers(dest="pass_", required=True)
+def add_parser(subparsers) -> None:
+    ap = subparsers.add_parser("weights", help="weight analyses of checkpoints against the base",
+                               description="Weight analyses per layer x module: `update` (sparsity, where updates "
+                                           "land, relative update) and `spectral` (spectral shift, principal angles, "
+                                           "rank of the update) of a run's checkpoints against the base; `align` "
+                                           "(cosine and update-mask overlap) of two runs' checkpoints.")
+    sub = ap.add_subparsers(dest="pass_", required=True, metavar="PASS")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--base", required=True, help="HF model folder of the base model")
     common.add_argument("--out", required=True, help="parquet file to write")
-    common.add_argument("--dtype-mismatch", choices=DTYPE_POLICIES, default="cast")
+    common.add_argument("--dtype-mismatch", choices=DTYPE_POLICIES, default="cast",
+                        help="a base stored in another dtype than the checkpoint: cast it to the checkpoint's, or "
+                             "refuse")
     common.add_argument("--buffered", action="store_true", help="read through the page cache (default: O_DIRECT)")
     upd = sub.add_parser("update", parents=[common], help="sparsity, where updates land, relative update")
-    upd.add_argument("--checkpoint", required=True)
+    upd.add_argument("--checkpoint", required=True, help="HF model folder of the checkpoint")
+    upd.add_argument("--run", required=True)
+    upd.add_argument("--step", required=True, type=int)
     upd.add_argument("--alpha", type=float, default=ALPHA)
     upd.add_argument("--rtol", type=float, default=RTOL)
     aln = sub.add_parser("align", parents=[common], help="cosine and mask overlap of two runs' updates")
-    aln.add_argument("--run-a", required=True)
-    aln.add_argument("--run-b", required=True)
+    for side in ("a", "b"):
+        aln.add_argument(f"--checkpoint-{side}", required=True, help=f"HF model folder of checkpoint {side}")
+        aln.add_argument(f"--run-{side}", required=True)
+        aln.add_argument(f"--step-{side}", required=True, type=int)
     aln.add_argument("--rtol", type=float, default=RTOL)
     spe = sub.add_parser("spectral", parents=[common], help="spectral shift, principal angles, rank of the update")
-    spe.add_argument("--checkpoint", required=True, action="append", metavar="LABEL=DIR")
+    spe.add_argument("--run", required=True)
+    spe.add_argument("--checkpoint", required=True, action="append", metavar="STEP=DIR",
+                     help="a checkpoint of the run and its step; repeat it: the base is decomposed once for all")
     spe.add_argument("--ks", type=int, nargs="+", default=list(KS))
     spe.add_argument("--method", choices=SVD_METHODS, default="full")
-    args = ap.parse_args(argv)
+    ap.set_defaults(func=main, parser=ap)
 
+
+def _steps(ap, pairs: list[str]) -> dict[int, str]:
+    out = {}
+    for pair in pairs:
+        step, sep, folder = pair.partition("=")
+        if not sep or not step.isdigit():
+            ap.error(f"--checkpoint {pair}: expected STEP=DIR (STEP an integer)")
+        out[int(step)] = folder
+    return out
+
+
+def main(args) -> None:
+    common = {"dtype_mismatch": args.dtype_mismatch, "direct": not args.buffered}
     if args.pass_ == "update":
-        folders = [args.base, args.checkpoint]
+        check_safetensors(args.base)
+        check_safetensors(args.checkpoint)
+        df = update_metrics(args.base, args.checkpoint, alpha=args.alpha, rtol=args.rtol, **common)
+        df.insert(0, "step", args.step)
+        df.insert(0, "run", args.run)
     elif args.pass_ == "align":
-        folders = [args.base, args.run_a, args.run_b]
+        for folder in (args.base, args.checkpoint_a, args.checkpoint_b):
+            check_safetensors(folder)
+        df = run_alignment(args.base, args.checkpoint_a, args.checkpoint_b, rtol=args.rtol, **common)
+        for i, col in enumerate(("run_a", "step_a", "run_b", "step_b")):
+            df.insert(i, col, getattr(args, col))
     else:
-        bad = [c for c in args.checkpoint if "=" not in c]
-        if bad:
-            ap.error(f"--checkpoint {bad[0]}: expected LABEL=DIR")
-        checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
-        folders = [args.base, *checkpoints.values()]
-    for folder in folders:
-        check_safetensors(folder)
-    if args.pass_ == "update":
-        df = update_metrics(args.base, args.checkpoint, alpha=args.alpha, rtol=args.rtol,
-                            dtype_mismatch=args.dtype_mismatch, direct=not args.buffered)
-    elif args.pass_ == "align":
-        df = run_alignment(args.base, args.run_a, args.run_b, rtol=args.rtol, dtype_mismatch=args.dtype_mismatch,
-                           direct=not args.buffered)
-    else:
-        df = spectral_metrics(args.base, checkpoints, ks=args.ks, method=args.method,
-                              dtype_mismatch=args.dtype_mismatch, direct=not args.buffered)
-    _write(df, Path(args.out))
-
-
-if __name__ == "__main__":
-    main()
+        checkpoints = _steps(args.parser, args.checkpoint)
+        for folder in (args.base, *checkpoints.values()):
+            check_safetensors(folder)
+        df = spectral_metrics(args.base, checkpoints, ks=args.ks, method=args.method, **common)
+        df = df.rename(columns={"checkpoint": "step"})
+        df.insert(0, "run", args.run)
+    write_parquet(df, args.out)
