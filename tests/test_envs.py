@@ -78,3 +78,20 @@ def test_gpu_env_resolves_against_pypi(env, tmp_path):
               for i in json.loads(report.read_text())["install"]}
     for name, pin in _pins(_env_pip(ROOT / "envs" / env)).items():
         assert chosen[name].split("+")[0] == pin.split("==")[1], (name, chosen[name], pin)
+
+
+def test_report_commands_import_only_what_the_report_env_installs():
+    """The report rules' commands run in envs/report.yaml, which has no torch, transformers, lm-eval or safetensors:
+    importing them must not pull those in (a ModuleNotFoundError there would only show under --use-conda)."""
+    report_env = {name.split("[")[0].lower() for name in _pins(_env_pip(ROOT / "envs/report.yaml"))}
+    heavy = [m for m in ("torch", "transformers", "lm_eval", "safetensors") if m.replace("_", "-") not in report_env]
+    rules = (ROOT / "workflow/rules/report.smk").read_text()
+    commands = sorted(set(re.findall(r"python -m scalpel ([a-z-]+)", rules)))
+    assert {"tables", "plots", "weight-tables", "weight-plots", "forgetting"} <= set(commands)
+    from scalpel.cli import COMMANDS
+
+    modules = [f"scalpel.{COMMANDS[c]}" for c in commands]
+    code = f"import sys, importlib; [importlib.import_module(m) for m in {modules}]; print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=ROOT / "workflow").stdout
+    assert [m for m in heavy if f"'{m}'" in loaded] == []

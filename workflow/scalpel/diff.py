@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -16,13 +15,12 @@ import torch
 from safetensors import safe_open
 
 from .io import check_safetensors, write_parquet
+from .matrices import MODULES, layer_module  # noqa: F401 (MODULES: this module's public name since the start)
 
-MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_CHUNK_ROWS = 1024
 DTYPE_POLICIES = ("cast", "refuse")  # config diff.dtype_mismatch
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
-_TENSOR = re.compile(r"model\.layers\.(\d+)\.(?:self_attn\.([qkvo]_proj)|mlp\.(gate_proj|up_proj|down_proj))\.weight")
 _SINGLE = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
 
@@ -42,11 +40,6 @@ def _tensor_files(model_dir) -> tuple[dict[str, Path], Path]:
         with safe_open(single, framework="pt") as fh:
             return {name: single for name in fh.keys()}, single
     raise FileNotFoundError(f"{model_dir}: neither {_SINGLE} nor {_INDEX}")
-
-
-def layer_module(name: str) -> tuple[int, str] | None:
-    m = _TENSOR.fullmatch(name)
-    return None if m is None else (int(m.group(1)), m.group(2) or m.group(3))
 
 
 def _squared_norms(base, ckpt, rows: int, chunk_rows: int, dtype: torch.dtype) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from .config import BASE
-from .diff import MODULES
+from .matrices import MODULES
 from .io import atomic_output, read_yaml
 from .tables import add_spec_and_outdir, read_tsv
 

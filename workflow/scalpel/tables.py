@@ -9,7 +9,7 @@ import pandas as pd
 from . import evaluate, intervals, io
 from .authors import compare
 from .config import BASE
-from .diff import MODULES
+from .matrices import MODULES
 from .io import read_yaml, write_tsv
 
 # Names that must stay strings even when they look like numbers (a run called "1e-5").

@@ -11,7 +11,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from . import io
-from .diff import MODULES
+from .matrices import MODULES
 from .plots import LINESTYLE, _colors, _save
 
 _TEXT = {"run": str, "run_a": str, "run_b": str, "module": str, "method": str, "predictor": str}
