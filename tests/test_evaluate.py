@@ -32,16 +32,7 @@ def test_process_results_use_the_reward():
     assert tasks.process_math(doc, [wrong]) == {"pass@1": 0.0, "format": 0.0}
     # K samples of one problem (lm-eval's take_first_k filter): pass@1 is their mean, pass@k the unbiased estimate.
     scores = tasks.process_math(doc, [[right, wrong, wrong, wrong]])
-    assert scores == {"pass@1": 0.25, "pass@2": 0.5, "pass@4": 1.0, "format": 0.25}
-
-
-def test_pass_at_k_matches_enumeration():
-    import itertools
-
-    for n, c, k in [(16, 3, 4), (8, 0, 2), (8, 8, 1), (6, 2, 5)]:
-        draws = list(itertools.combinations([1] * c + [0] * (n - c), k))
-        assert tasks.pass_at_k(n, c, k) == pytest.approx(sum(any(d) for d in draws) / len(draws))
-    assert tasks.ks(16) == [1, 2, 4, 8, 16] and tasks.ks(12) == [1, 2, 4, 8] and tasks.ks(1) == [1]
+    assert scores == {"pass@1": 0.25, "pass@2": 0.5, "pass@4": 1.0, "format": 0.25, "samples_correct": 1.0}
 
 
 def test_instruction_checks_by_kind():
@@ -64,10 +55,10 @@ def test_task_yamls_load_in_lm_eval(tmp_path):
                pretrain_worked_fraction=0.1,
                pretrain_math_levels=[1], train_levels=[1, 2])
     synthetic.write_world(0, cfg, tmp_path)
-    names = tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50, samples=4)
+    names = tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=50)
     manager = TaskManager(include_path=str(tmp_path / "tasks"))
     loaded = manager.load(names)["tasks"]
-    math_task = loaded["mini_math_l2"]
+    math_task = manager.load([evaluate.sampled_task(manager, "mini_math_l2", 4)])["tasks"]["mini_math_l2"]
     assert math_task.config.generation_kwargs == {"until": ["<|endoftext|>"], "max_gen_toks": 50, "do_sample": True,
                                                   "temperature": 0.6, "top_p": 0.95}
     assert math_task.config.repeats == 4
@@ -75,7 +66,8 @@ def test_task_yamls_load_in_lm_eval(tmp_path):
     assert len(docs) == 4 and all(d["level"] == 2 for d in docs)
     replies = [docs[0]["worked"]] * 3 + [docs[0]["wrong_terse"]]
     assert math_task.process_results(docs[0], [replies]) == {"pass@1": 0.75, "pass@2": 1.0, "pass@4": 1.0,
-                                                             "format": 1.0}
+                                                             "format": 1.0, "samples_correct": 3.0}
+    assert loaded["mini_math_l2"].config.repeats == 1  # one sample unless eval.samples asks for more
     facts = loaded["mini_facts"]
     doc = next(iter(facts.eval_docs))
     assert facts.doc_to_choice(doc)[facts.doc_to_target(doc)] == doc["answer"]
@@ -139,15 +131,15 @@ def test_samples_carry_per_item_metrics(tmp_path):
 
     write_tiny_study(tmp_path)
     synthetic.write_world(0, TINY_WORLD, tmp_path)
-    tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=4, samples=2)
+    tasks.write_tasks(tmp_path, tmp_path / "tasks", max_gen_toks=4)
     out = tmp_path / "eval/step-0.tsv"
     table = evaluate.run(str(tmp_path / "base"), ["mini_math_l1", "mini_instructions"], str(tmp_path / "tasks"),
-                         str(out), run="base", step=0, limit=2)
+                         str(out), run="base", step=0, limit=2, samples={"mini_math_l1": 2})
     rows = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]
     maths = [r for r in rows if r["task"] == "mini_math_l1"]
     assert sorted(r["doc_id"] for r in maths) == [0, 1]
-    assert all(len(r["filtered_resps"][0]) == 2 and set(r["metrics"]) == {"pass@1", "pass@2", "format"}
-               for r in maths)
+    assert all(len(r["filtered_resps"][0]) == 2
+               and set(r["metrics"]) == {"pass@1", "pass@2", "format", "samples_correct"} for r in maths)
     mean = sum(r["metrics"]["pass@1"] for r in maths) / 2
     assert table.query("task == 'mini_math_l1' and metric == 'pass@1'").value.item() == pytest.approx(mean)
     probes = [r for r in rows if r["task"] == "mini_instructions"]

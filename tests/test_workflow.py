@@ -54,7 +54,7 @@ def test_every_checkpoint_is_evaluated(study):
     # which the samples file holds problem by problem.
     maths = scores[(scores.task == "mini_math_l1") & (scores.metric == "pass@1")].set_index(["run", "step"])
     assert ((maths.value * 16).round(9) % 1 == 0).all()
-    assert set(scores[scores.task == "mini_math_l1"].metric) == {"pass@1", "pass@2", "format"}
+    assert set(scores[scores.task == "mini_math_l1"].metric) == {"pass@1", "pass@2", "format", "samples_correct"}
     samples = pd.read_json(study / "results/eval/base/step-0.samples.jsonl", lines=True)
     per_problem = samples[samples.task == "mini_math_l1"].metrics.map(lambda m: m["pass@1"])
     assert len(per_problem) == 8 and per_problem.mean() == pytest.approx(maths.loc[("base", 0), "value"])
@@ -168,7 +168,8 @@ def test_checkpoints_are_loadable_hf_folders(study):
 
 def test_report_and_rerun_behaviour(study):
     for name in ("update_heatmaps", "update_trajectories", "scores_final", "scores_by_step", "kl_trajectories",
-                 "weights_heatmaps", "weights_trajectories", "weights_alignment", "forgetting"):
+                 "weights_heatmaps", "weights_trajectories", "weights_alignment", "forgetting", "differences_final",
+                 "pass_at_k"):
         assert (study / f"results/figures/{name}.png").stat().st_size > 10_000
     assert "Nothing to be done" in snakemake(study, "-n").stdout
     # Forcing one checkpoint's evaluation reruns it and what depends on it, nothing else.
@@ -203,11 +204,17 @@ def test_lint_is_clean():
 
 def test_tables_carry_intervals_and_paired_differences(study):
     scores = table(study, "scores.tsv")
-    maths = scores[(scores.task == "mini_math_l1") & (scores.metric == "accuracy")]
-    # 8 problems, one greedy answer each, 0/1 correct: Wilson intervals around each accuracy.
-    assert (maths.n_items == 8).all() and set(maths.interval) == {"wilson"}
+    maths = scores[(scores.task == "mini_math_l1") & (scores.metric == "pass@1")]
+    # 8 problems, 2 samples each: a problem scores 0, 1/2 or 1, so the interval is normal over the 8 problem means.
+    assert (maths.n_items == 8).all() and set(maths.interval) == {"normal"}
     assert ((maths.ci_low <= maths.value) & (maths.value <= maths.ci_high)).all()
-    assert (maths.ci_high - maths.ci_low).min() > 0.1  # 8 items cannot pin a rate down
+    assert (maths.ci_high - maths.ci_low).max() > 0.1  # 8 problems cannot pin a rate down
+    probes = scores[(scores.task == "mini_instructions") & (scores.metric == "prompt_level_strict_acc")]
+    assert set(probes.interval) == {"wilson"}  # 0/1 items, one greedy answer each
+    curves = table(study, "pass_at_k.tsv").set_index(["run", "step", "task", "k"])
+    for (run, step), row in maths.set_index(["run", "step"]).iterrows():
+        assert curves.loc[(run, step, "mini_math_l1", 1), "pass_at_k"] == pytest.approx(row.value)
+        assert curves.loc[(run, step, "mini_math_l1", 2), "pass_at_k"] >= row.value
     diffs = table(study, "differences.tsv")
     vs_base = diffs[diffs.comparison == "vs base"]
     checkpoints = {("grpo", 2), ("grpo", 4), ("sft", 2), ("sft", 4), ("sft_frozen_mid_mlp", 4), ("sft_qk_only", 4)}

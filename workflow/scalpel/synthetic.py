@@ -301,6 +301,5 @@ def main(args) -> None:
 
     cfg = with_defaults(json.loads(args.synthetic))
     counts = write_world(args.seed, cfg, args.outdir)
-    names = tasks.write_tasks(args.outdir, args.task_dir, args.max_gen_toks or cfg["eval_max_new_tokens"],
-                              cfg["eval_samples"])
+    names = tasks.write_tasks(args.outdir, args.task_dir, args.max_gen_toks or cfg["eval_max_new_tokens"])
     log.info("rows written: %s; lm-eval tasks: %s", json.dumps(counts), ", ".join(names))

@@ -1,14 +1,13 @@
 """lm-eval tasks of the miniature: local YAML tasks over the generated data, scored with the study's own checks.
 
-- mini_math_l{1,2,3}: generate_until, K samples per problem at the paper's temperature 0.6 and top-p 0.95, graded
-  by the GRPO accuracy reward (math-verify): pass@1 (the mean over the K samples) and pass@k for powers of two up to
-  K (the unbiased estimator of Chen et al. 2021, arXiv 2107.03374, sec. 2.1), plus the format check;
+- mini_math_l{1,2,3}: generate_until at the paper's temperature 0.6 and top-p 0.95, graded by the GRPO accuracy
+  reward (math-verify) as pass@1, plus the format check; with K samples per problem (config eval.samples, see
+  evaluate.sampled_task) pass@1 is their mean and pass@k is added (paper_tasks.sampled);
 - mini_facts: multiple_choice over the facts the base model learned (the MMLU analogue);
 - mini_instructions: generate_until, strict match of a checkable instruction (the IFEval analogue).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import yaml
@@ -19,22 +18,12 @@ MATH_LEVELS = (1, 2, 3)
 TEMPERATURE, TOP_P = 0.6, 0.95  # the authors' lighteval sampling (arXiv 2507.10616, sec. 3)
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Probability that at least one of k samples drawn without replacement from n, c of them correct, is correct."""
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def ks(samples: int) -> list[int]:
-    return [2 ** i for i in range(samples.bit_length()) if 2 ** i <= samples]
-
-
 def process_math(doc: dict, results: list) -> dict:
-    """`results[0]`: the K completions of one problem (lm-eval's take_first_k filter), or one completion."""
-    completions = results[0] if isinstance(results[0], list) else [results[0]]
-    correct = sum(bool(rewards.is_correct(c, doc["solution"])) for c in completions)
-    n = len(completions)
-    return {**{f"pass@{k}": pass_at_k(n, correct, k) for k in ks(n)},
-            "format": sum(rewards.follows_format(c) for c in completions) / n}
+    """One completion, or the K completions of one problem (lm-eval's take_first_k filter)."""
+    from .paper_tasks import sampled
+
+    return sampled(results, lambda c: {"pass@1": float(bool(rewards.is_correct(c, doc["solution"]))),
+                                       "format": float(rewards.follows_format(c))}, "pass@1")
 
 
 def follows_instruction(kind: str, reply: str) -> bool:
@@ -59,7 +48,7 @@ def _metrics(*names: str) -> list[dict]:
     return [{"metric": n, "aggregation": "mean", "higher_is_better": True} for n in names]
 
 
-def task_configs(data_dir: Path, max_gen_toks: int, samples: int = 1) -> dict[str, dict]:
+def task_configs(data_dir: Path, max_gen_toks: int) -> dict[str, dict]:
     def local(name: str) -> dict:
         return {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data_dir / name)}},
                 "test_split": "test", "metadata": {"version": 1.0}}
@@ -70,12 +59,10 @@ def task_configs(data_dir: Path, max_gen_toks: int, samples: int = 1) -> dict[st
         configs[f"mini_math_l{level}"] = {
             **local(f"eval_math_l{level}.jsonl"), "output_type": "generate_until",
             "doc_to_text": "{{problem}}", "doc_to_target": "{{answer}}",
-            "repeats": samples,
-            "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": samples}]}],
             "generation_kwargs": {"until": until, "max_gen_toks": max_gen_toks, "do_sample": True,
                                   "temperature": TEMPERATURE, "top_p": TOP_P},
             "process_results": "!function utils.process_math",
-            "metric_list": _metrics(*[f"pass@{k}" for k in ks(samples)], "format"),
+            "metric_list": _metrics("pass@1", "format"),
         }
     configs["mini_facts"] = {
         **local("eval_facts.jsonl"), "output_type": "multiple_choice",
@@ -91,15 +78,15 @@ def task_configs(data_dir: Path, max_gen_toks: int, samples: int = 1) -> dict[st
     return configs
 
 
-def write_tasks(data_dir, task_dir, max_gen_toks: int = 96, samples: int = 1) -> list[str]:
+def write_tasks(data_dir, task_dir, max_gen_toks: int = 96) -> list[str]:
     """Write one YAML per task plus the utils.py their `!function` hooks resolve against."""
     data_dir, task_dir = Path(data_dir).resolve(), Path(task_dir)
     task_dir.mkdir(parents=True, exist_ok=True)
     (task_dir / "utils.py").write_text("from scalpel.tasks import process_instruction, process_math  # noqa: F401\n")
-    for name, cfg in task_configs(data_dir, max_gen_toks, samples).items():
+    for name, cfg in task_configs(data_dir, max_gen_toks).items():
         text = yaml.safe_dump({"task": name, **cfg}, sort_keys=False)
         # lm-eval's loader wants the `!function` tag unquoted.
         text = text.replace("'!function utils.", "!function utils.").replace("_math'", "_math").replace(
             "_instruction'", "_instruction")
         (task_dir / f"{name}.yaml").write_text(text)
-    return list(task_configs(data_dir, max_gen_toks, samples))
+    return list(task_configs(data_dir, max_gen_toks))
