@@ -125,6 +125,11 @@ def test_seeds_expand_a_run_into_one_run_per_seed(default_config):
     # One seed (train_seeds here) keeps the name and sets TRL's seed.
     assert runs["sft"]["group"] == "sft" and runs["sft"]["args"]["seed"] == 7
     assert runs["grpo-seed2"]["checkpoint_steps"] == runs["grpo-seed1"]["checkpoint_steps"]
+    del default_config["runs"]["grpo"]["seeds"]
+    default_config["train_seeds"] = 3  # a count: seeds 0, 1, 2 (--config train_seeds=3)
+    validate(default_config, schema=SCHEMA)
+    assert [n for n in study_config.resolve_runs(default_config) if n.startswith("grpo")] == [
+        "grpo-seed0", "grpo-seed1", "grpo-seed2"]
 
 
 def test_seed_names_may_not_clash_and_seeds_not_repeat(default_config):

@@ -118,6 +118,8 @@ def resolve_runs(config: dict) -> dict[str, dict]:
     for name in config["runs"]:
         spec = resolve_run(config, name)
         seeds = spec.pop("seeds", None) or config.get("train_seeds") or []
+        if isinstance(seeds, int):
+            seeds = list(range(seeds))
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"runs.{name}.seeds (or train_seeds) repeats a seed: {seeds}")
         if len(seeds) == 1:
