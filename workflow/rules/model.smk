@@ -12,7 +12,7 @@ if BUILD_BASE:
             "benchmarks/base_model/base_model.tsv"
         conda:
             "../../envs/train.yaml"
-        threads: 1  # the tiny model gains nothing from a second thread (and loses to spin-waiting when cores are shared)
+        threads: workflow.cores  # nothing else can run before the base exists; 2 threads train the miniature's 1.28x faster
         params:
             build=json.dumps(config["model"]["build"]),
             seed=config["seed"],
