@@ -150,3 +150,15 @@ def test_eval_samples_differ_for_final_and_intermediate_checkpoints(default_conf
     default_config["eval"]["samples"]["final"]["aime24"] = 8
     with pytest.raises(study_config.ConfigError, match=r"eval.samples.final names tasks .* \['aime24'\]"):
         study_config.eval_suites(default_config, final=True)
+
+
+def test_in_domain_defaults_to_the_math_suite_and_names_unknown_suites(default_config):
+    assert study_config.task_domains(default_config)["in_domain"] == ["mini_math_l1", "mini_math_l2", "mini_math_l3"]
+    default_config["eval"]["tasks"] = {"knowledge": ["mini_facts"]}  # no maths suite: nothing in domain, no error
+    default_config["eval"]["final_only"], default_config["eval"]["primary_metrics"] = [], {}
+    default_config["eval"]["samples"] = {}
+    study_config.eval_suites(default_config, final=True)
+    assert study_config.task_domains(default_config) == {"in_domain": [], "out_of_domain": ["mini_facts"]}
+    default_config["eval"]["in_domain"] = ["maths"]
+    with pytest.raises(study_config.ConfigError, match=r"eval.in_domain names unknown suites: \['maths'\]"):
+        study_config.eval_suites(default_config, final=True)

@@ -153,7 +153,7 @@ def eval_suites(config: dict, final: bool) -> list[str]:
     """Suites evaluated on a checkpoint: all on the base and final checkpoints, final_only ones skipped elsewhere."""
     ev = config["eval"]
     for key in ("final_only", "in_domain"):
-        unknown = set(ev.get(key, [])) - set(ev["tasks"])
+        unknown = set(ev.get(key) or []) - set(ev["tasks"])
         if unknown:
             raise ConfigError(f"eval.{key} names unknown suites: {sorted(unknown)} (suites: {sorted(ev['tasks'])})")
     tasks = {task for suite in ev["tasks"].values() for task in suite}
@@ -181,7 +181,7 @@ def eval_samples(config: dict, final: bool) -> dict[str, int]:
 def task_domains(config: dict) -> dict[str, list[str]]:
     """The tasks in domain (suites of `eval.in_domain`) and out of domain (every other suite), in config order."""
     ev = config["eval"]
-    in_suites = set(ev.get("in_domain", ["math"]))
+    in_suites = set(ev["in_domain"] if ev.get("in_domain") is not None else ["math"])
     return {"in_domain": [t for s, ts in ev["tasks"].items() if s in in_suites for t in ts],
             "out_of_domain": [t for s, ts in ev["tasks"].items() if s not in in_suites for t in ts]}
 
