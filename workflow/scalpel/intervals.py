@@ -64,7 +64,9 @@ def score_intervals(scores: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     out = []
     for row in scores.itertuples(index=False):
         rows = groups.get((row.run, row.step, row.task, row.metric))
-        res = stats.score_interval(**_inputs(rows)) if rows is not None and not rows.empty else None
+        # An item sampled several times scores a mean over its samples: never Wilson's interval for 0/1 trials.
+        res = (stats.score_interval(**_inputs(rows), interval="normal" if (rows.samples > 1).any() else "auto")
+               if rows is not None and not rows.empty else None)
         if res is not None and abs(res["mean"] - row.value) > 1e-6:
             log.warning("%s step %s %s %s: the items' mean %.6f is not lm-eval's score %.6f; its interval is "
                         "lm-eval's stderr", row.run, row.step, row.task, row.metric, res["mean"], row.value)
