@@ -29,7 +29,7 @@ def normalise(results: dict, run: str, step: int) -> pd.DataFrame:
                 continue
             metric, filt = key.split(",", 1)
             stderr = metrics.get(f"{metric}_stderr,{filt}")
-            name = metric if filt == "none" else f"{metric},{filt}"
+            name = item_scores.metric_name(metric, filt)
             rows.append({"run": run, "step": step, "task": task, "metric": name, "value": float(value),
                          "stderr": float(stderr) if isinstance(stderr, (int, float)) else math.nan})
     if not rows:

@@ -21,7 +21,7 @@ COLUMNS = ["task", "metric", "item", "value", "cluster", "weight", "samples"]
 
 
 def metric_name(metric: str, filt: str) -> str:
-    """The name evaluate.normalise gives a (metric, filter) pair."""
+    """A (metric, filter) pair as the eval tables and the item tables name it."""
     return metric if filt == "none" else f"{metric},{filt}"
 
 
