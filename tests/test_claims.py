@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from scalpel import claims, cli
+from scalpel import cli
+from scalpel.report import claims
 
 RUNS = {"grpo": 4, "sft": 4, "sft_matched_lr": 4, "sft_frozen_mid_mlp": 4, "sft_qk_only": 4}
 

@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, write_tiny_study
-from scalpel import cli, launch
+from scalpel import cli
+
+# ----------------------------------------------------------------------------------------------------------------
+from scalpel.train import launch
 
 # ----------------------------------------------------------------------------------------------------------------
 # The config builders
@@ -151,7 +154,8 @@ PROBE = '''
 import json, os, sys
 import torch.distributed as dist
 from transformers import TrainerCallback
-from scalpel import cli, train
+from scalpel import cli
+from scalpel.train import trainer as train
 
 class Probe(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):

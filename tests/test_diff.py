@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from transformers import Olmo2Config, Olmo2ForCausalLM
 
 from scalpel import cli
-from scalpel.diff import MODULES, relative_updates
+from scalpel.analysis.diff import MODULES, relative_updates
 
 LAYERS = 3
 TOUCHED = {(1, "up_proj"), (2, "q_proj")}

@@ -2,7 +2,9 @@ import math
 
 import pytest
 
-from scalpel import evaluate, synthetic, tasks
+from scalpel.eval import evaluate
+from scalpel.data import synthetic
+from scalpel.tasks import mini as tasks
 
 
 def test_normalise_lm_eval_results():

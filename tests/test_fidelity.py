@@ -2,7 +2,10 @@
 import pytest
 
 from conftest import ROOT
-from scalpel import evaluate, lm_backends, synthetic, tasks
+from scalpel.eval import evaluate
+from scalpel.eval import lm_backends
+from scalpel.data import synthetic
+from scalpel.tasks import mini as tasks
 from scalpel.chat import OWN_TEMPLATE
 from test_hub import OLMO_TEMPLATE  # OLMo-2-1124-7B-Instruct's own template as published
 

@@ -15,7 +15,11 @@ from huggingface_hub.errors import GatedRepoError
 from snakemake.utils import validate
 
 from conftest import ROOT, write_tiny_study
-from scalpel import chat, cli, config as study_config, diff, hub, kl, model, openr1, prefetch
+from scalpel import chat, cli, config as study_config, hub, prefetch
+from scalpel.analysis import diff
+from scalpel.analysis import kl
+from scalpel.model import base as model
+from scalpel.data import openr1
 from test_openr1 import CARD, MATH500, ROWS, _write_shards
 
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
@@ -259,7 +263,8 @@ def _cache_repo(hf_home, repo_type, repo_id, files_from):
 
 OFFLINE_JOB = """
 import json
-from scalpel import hub, openr1
+from scalpel import hub
+from scalpel.data import openr1
 model = hub.model_snapshot("org/tiny-olmo")
 rows = len(openr1.load_source("org/openr1", "extended", "train"))
 try:

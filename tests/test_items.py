@@ -5,7 +5,10 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_WORLD, write_tiny_study
-from scalpel import evaluate, items, synthetic, tasks
+from scalpel.eval import evaluate
+from scalpel.eval import items
+from scalpel.data import synthetic
+from scalpel.tasks import mini as tasks
 
 
 def sample(doc_id, doc, filt="none", **metrics):

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, trainers
 from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
-from scalpel import chat, cli, kl
+from scalpel import chat, cli
+from scalpel.analysis import kl
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 

@@ -6,7 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scalpel import chat, cli, model, openr1, synthetic
+from scalpel import chat, cli
+from scalpel.model import base as model
+from scalpel.data import openr1
+from scalpel.data import synthetic
 from scalpel.io import read_jsonl
 
 # The 14 columns of OpenR1-Math-220k, in order (the dataset card of open-r1/OpenR1-Math-220k); `messages` structs

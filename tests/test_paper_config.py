@@ -13,7 +13,7 @@ from snakemake.utils import validate
 
 from conftest import ROOT
 from scalpel import config as study_config
-from scalpel import params
+from scalpel.train import params
 
 PAPER = ROOT / "config/paper.yaml"
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
@@ -191,7 +191,7 @@ def test_trl_accepts_every_run(runs, run, tmp_path, monkeypatch):
     """The real GRPOConfig / SFTConfig take each run's arguments, with the batch derived for one 8-GPU node."""
     from trl import GRPOConfig, SFTConfig
 
-    from scalpel import train
+    from scalpel.train import trainer as train
 
     monkeypatch.setenv("WORLD_SIZE", "8")
     spec = copy.deepcopy(runs[run])
@@ -220,7 +220,7 @@ def _manager():
     """lm-eval's task index as evaluate and prefetch search it (the shipped paper tasks included)."""
     from lm_eval.tasks import TaskManager
 
-    from scalpel.evaluate import task_paths
+    from scalpel.eval.evaluate import task_paths
 
     return TaskManager(include_path=task_paths(None))
 

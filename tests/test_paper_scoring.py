@@ -1,4 +1,4 @@
-"""scalpel.paper_scoring against lighteval 0.9.2's own scores (tests/fixtures/lighteval_scores.json, written by
+"""scalpel.tasks.paper_scoring against lighteval 0.9.2's own scores (tests/fixtures/lighteval_scores.json, written by
 tests/fixtures/make_lighteval_scores.py in a separate venv with lighteval 0.9.2 installed)."""
 import json
 import threading
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scalpel import paper_scoring
+from scalpel.tasks import paper_scoring
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "lighteval_scores.json").read_text())
 ROWS = FIXTURE["rows"]

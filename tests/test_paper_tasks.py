@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from scalpel import evaluate, paper_tasks
-from scalpel.paper_tasks import TASK_DIR
+from scalpel.eval import evaluate
+from scalpel.tasks import paper as paper_tasks
+from scalpel.tasks.paper import TASK_DIR
 
 FIXTURES = ROOT / "tests/fixtures"
 LIGHTEVAL = json.loads((FIXTURES / "lighteval_prompts.json").read_text())

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import Olmo2Config, Olmo2ForCausalLM
 
-from scalpel import params
+from scalpel.train import params
 
 
 @pytest.fixture(scope="module")

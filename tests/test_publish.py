@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from scalpel import publish
+from scalpel.train import publish
 
 SPEC = {"name": "sft", "steps": 4, "checkpoint_steps": [2, 4]}
 

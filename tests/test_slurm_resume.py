@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from scalpel import launch
+from scalpel.train import launch
 from test_deepspeed import _run, _weights, publish_command, train_args
 from test_slurm import SMOKE, TEST_PROFILE, cancel_jobs_of, cluster, snakemake, sacct  # noqa: F401 (fixture)
 

@@ -3,8 +3,9 @@ import re
 
 import pytest
 
-from scalpel import chat, rewards
-from scalpel import synthetic
+from scalpel import chat
+from scalpel.tasks import rewards
+from scalpel.data import synthetic
 
 CFG = dict(max_operand=9, entities=12, eval_problems=16, instruction_probes=12, train_problems=200,
            pretrain_worked_fraction=0.1,
@@ -97,7 +98,7 @@ def test_facts_multiple_choice(world):
 
 
 def test_instruction_probes_are_checkable(world):
-    from scalpel import tasks
+    from scalpel.tasks import mini as tasks
 
     facts = {f["question"]: f["answer"] for f in world["eval_facts"]}
     for row in world["eval_instructions"]:

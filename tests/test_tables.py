@@ -1,12 +1,15 @@
-"""scalpel.tables and scalpel.plots on synthetic inputs whose every aggregate is known in closed form."""
+"""scalpel.report.tables and scalpel.report.plots on synthetic inputs whose every aggregate is known in closed form."""
 import math
 
 import pandas as pd
 import pytest
 import yaml
 
-from scalpel import cli, intervals, plots, tables
-from scalpel.diff import MODULES
+from scalpel import cli
+from scalpel.report import intervals
+from scalpel.report import plots
+from scalpel.report import tables
+from scalpel.analysis.diff import MODULES
 from scalpel.io import write_parquet, write_tsv
 
 LAYERS = 2
@@ -225,7 +228,7 @@ MAPPING = {"runs": {"base": "base", "hammer": "SFTv02.08", "scalpel": "GRPOv01.1
 
 
 def test_authors_comparison_has_every_cell_both_report(built):
-    from scalpel.authors import compare
+    from scalpel.report.authors import compare
 
     scores, updates, _ = built
     final_steps = {"base": 0, **{run: spec["checkpoint_steps"][-1] for run, spec in RUNS.items()}}
@@ -249,7 +252,7 @@ def test_authors_comparison_has_every_cell_both_report(built):
 
 
 def test_authors_comparison_names_an_unknown_benchmark(built):
-    from scalpel.authors import compare
+    from scalpel.report.authors import compare
 
     scores, updates, _ = built
     with pytest.raises(ValueError, match="report.authors.benchmarks: the authors report no 'GSM8K'"):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from scalpel import train
+from scalpel.train import trainer as train
 
 
 def _fake_checkpoint(path: Path, complete: bool = True):
@@ -117,7 +117,7 @@ def test_the_run_log_names_what_trains(tmp_path, caplog):
            "train_defaults": {"sft": {"use_cpu": True, "bf16": False, "max_length": 64,
                                       "per_device_train_batch_size": 2, "completion_only_loss": False}}}
     spec = config.resolve_run(cfg, "qk")
-    with caplog.at_level(logging.INFO, logger="scalpel.train"):
+    with caplog.at_level(logging.INFO, logger="scalpel.train.trainer"):
         trainer = train.build_trainer(spec, str(tmp_path / "base"), str(tmp_path / "sft.jsonl"), tmp_path / "state")
     lines = next(r.getMessage() for r in caplog.records if "trainable:" in r.getMessage()).splitlines()
     model = trainer.model

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from scalpel import vllm_server
+from scalpel.train import vllm_server
 
 
 def test_last_gpu_serves_and_the_others_train():

@@ -10,8 +10,9 @@ import yaml
 from scipy import stats
 from transformers import Olmo2Config, Olmo2ForCausalLM
 
-from scalpel import cli, forgetting
-from scalpel.diff import MODULES
+from scalpel import cli
+from scalpel.report import forgetting
+from scalpel.analysis.diff import MODULES
 from scalpel.io import write_tsv
 
 LAYERS = 2
@@ -116,7 +117,7 @@ def test_alignment_of_frozen_qk_and_full(tables):
 
 
 def test_weight_plots_draw_every_run_and_pair(study, tables):
-    from scalpel import weight_plots
+    from scalpel.report import weight_plots
 
     grids = weight_plots.heatmaps(tables["update"], tables["spectral"], study / "h.png")
     assert (grids[("unchanged_tol", "frozen")].to_numpy() == 1).all()

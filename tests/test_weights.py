@@ -1,4 +1,4 @@
-"""scalpel.weights and scalpel.tensor_stream against direct computations on small matrices."""
+"""scalpel.analysis.weights and scalpel.analysis.tensor_stream against direct computations on small matrices."""
 import json
 import math
 
@@ -10,9 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from scalpel import cli, weights
-from scalpel.diff import MODULES, relative_updates
-from scalpel.tensor_stream import ChunkReader, model_tensors, read_header
+from scalpel import cli
+from scalpel.analysis import weights
+from scalpel.analysis.diff import MODULES, relative_updates
+from scalpel.analysis.tensor_stream import ChunkReader, model_tensors, read_header
+from scalpel.report.weight_tables import summarize
 
 SHAPES = {"q_proj": (16, 16), "k_proj": (8, 16), "v_proj": (8, 16), "o_proj": (16, 16),
           "gate_proj": (24, 16), "up_proj": (24, 16), "down_proj": (16, 24)}
@@ -528,7 +530,7 @@ def test_spectral_metrics_match_the_definitions(tmp_path):
 def test_summarize_pools_over_the_model(pair):
     root, base, ckpt, other, touched = pair
     upd = weights.update_metrics(root / "base", root / "ckpt")
-    model = weights.summarize(upd).iloc[0]
+    model = summarize(upd).iloc[0]
     names = [_name(i, m) for i in range(LAYERS) for m in MODULES]
     b = torch.cat([base[n].flatten() for n in names])
     c = torch.cat([ckpt[n].flatten() for n in names])
@@ -537,11 +539,11 @@ def test_summarize_pools_over_the_model(pair):
     assert model.rel_update == pytest.approx(float((c.double() - b.double()).norm() / b.double().norm()), rel=1e-6)
     hits = sum(r.top_hits for r in upd.itertuples())
     assert model.overlap_top == pytest.approx(hits / upd.n_updated.sum())
-    by_module = weights.summarize(upd, by=["module"])
+    by_module = summarize(upd, by=["module"])
     assert list(by_module.module) == list(MODULES) and (by_module.matrices == LAYERS).all()
 
     aln = weights.run_alignment(root / "base", root / "ckpt", root / "other")
-    model = weights.summarize(aln).iloc[0]
+    model = summarize(aln).iloc[0]
     o = torch.cat([other[n].flatten() for n in names])
     da, db = c.double() - b.double(), o.double() - b.double()
     assert model.cosine == pytest.approx(float(da @ db / (da.norm() * db.norm())), rel=1e-6)
@@ -555,7 +557,7 @@ def test_summarize_pools_over_the_model(pair):
 def test_summarize_means_spectral_columns_skipping_frozen():
     df = pd.DataFrame({"checkpoint": ["a", "a", "b"], "layer": [0, 1, 0], "module": ["q_proj"] * 3,
                        "nss": [0.1, 0.3, 0.0], "stable_rank": [2.0, math.nan, math.nan]})
-    out = weights.summarize(df, by=["checkpoint"]).set_index("checkpoint")
+    out = summarize(df, by=["checkpoint"]).set_index("checkpoint")
     assert out.loc["a", "nss"] == pytest.approx(0.2) and out.loc["a", "stable_rank"] == 2.0
     assert math.isnan(out.loc["b", "stable_rank"]) and out.loc["b", "matrices"] == 1
 

@@ -43,7 +43,8 @@ def _passed(run_dir: Path, returncode: int) -> tuple[bool, str]:
 
 
 def main(argv=None) -> None:
-    from scalpel import config, launch
+    from scalpel import config
+    from scalpel.train import launch
     from test_deepspeed import GLOBAL_BATCH, publish_command, sft_spec, train_args
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

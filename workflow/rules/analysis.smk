@@ -67,7 +67,7 @@ if MINIATURE_CLAIMS:
             " --in-domain {params.in_domain:q} --untrained {params.untrained:q} --out {output.claims:q} > {log:q} 2>&1"
 
 
-# scalpel.weights: the update pass reads both folders once, streamed (0.5 GiB peak RSS at 7B); the spectral pass
+# scalpel.analysis.weights: the update pass reads both folders once, streamed (0.5 GiB peak RSS at 7B); the spectral pass
 # decomposes the base once for all of a run's checkpoints it covers (config weights.spectral).
 rule weights_update:
     input:

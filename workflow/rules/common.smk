@@ -14,7 +14,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_DIR, os.envir
 from scalpel import config as study_config  # noqa: E402
 from scalpel import hub as study_hub  # noqa: E402
 from scalpel import prefetch as study_prefetch  # noqa: E402
-from scalpel import launch as study_launch  # noqa: E402
+from scalpel.train import launch as study_launch  # noqa: E402
 from scalpel import preflight as study_preflight  # noqa: E402
 from scalpel.chat import OWN_TEMPLATE  # noqa: E402
 
@@ -42,7 +42,7 @@ BUILD_BASE = config["model"]["base"] == "build"
 SYNTHETIC_DATA = config["data"]["source"] == "synthetic"
 
 # The miniature's data rule writes its own lm-eval tasks; evaluate and prefetch always also search the paper tasks
-# shipped with the package (scalpel/lm_eval_tasks) and lm-eval's built-ins.
+# shipped with the package (scalpel/tasks/lm_eval_tasks) and lm-eval's built-ins.
 LOCAL_TASK_DIR = "results/data/lm_eval_tasks" if SYNTHETIC_DATA else None
 
 # Jobs inherit these (Slurm jobs through sbatch --export=ALL): the HF cache, hub access off but for prefetch, and how

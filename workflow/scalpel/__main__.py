@@ -1,3 +1,3 @@
-from .cli import main
+from scalpel.cli import main
 
 main()

@@ -11,27 +11,27 @@ import importlib
 import logging
 import sys
 
-# command -> the module of the scalpel package that defines it, in the order of the workflow
+# command -> the module of the scalpel package that defines it (stage.module), in the order of the workflow
 COMMANDS = {
     "prefetch": "prefetch",
-    "data": "synthetic",
-    "openr1": "openr1",
-    "base-model": "model",
-    "import-base": "model",
-    "launch": "launch",
-    "vllm-server": "vllm_server",
-    "train": "train",
-    "publish": "publish",
-    "evaluate": "evaluate",
-    "diff": "diff",
-    "kl": "kl",
-    "weights": "weights",
-    "tables": "tables",
-    "plots": "plots",
-    "claims": "claims",
-    "weight-tables": "weight_tables",
-    "weight-plots": "weight_plots",
-    "forgetting": "forgetting",
+    "data": "data.synthetic",
+    "openr1": "data.openr1",
+    "base-model": "model.base",
+    "import-base": "model.base",
+    "launch": "train.launch",
+    "vllm-server": "train.vllm_server",
+    "train": "train.trainer",
+    "publish": "train.publish",
+    "evaluate": "eval.evaluate",
+    "diff": "analysis.diff",
+    "kl": "analysis.kl",
+    "weights": "analysis.weights",
+    "tables": "report.tables",
+    "plots": "report.plots",
+    "claims": "report.claims",
+    "weight-tables": "report.weight_tables",
+    "weight-plots": "report.weight_plots",
+    "forgetting": "report.forgetting",
     "slurm-preview": "slurm_preview",
 }
 

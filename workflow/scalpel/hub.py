@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError
+from scalpel.config import ConfigError
 
 # A model folder as transformers and safetensors read it; no pickled weights, no repository code.
 MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from . import faults
+from scalpel import faults
 
 
 @contextlib.contextmanager

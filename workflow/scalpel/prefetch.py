@@ -12,8 +12,8 @@ import logging
 import os
 from pathlib import Path
 
-from . import hub
-from .io import write_json
+from scalpel import hub
+from scalpel.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def fetch_model(source: str, revision: str | None) -> dict:
 
 
 def fetch_dataset(source: str, config: str | None, split: str, revision: str | None, columns) -> dict:
-    from . import openr1
+    from scalpel.data import openr1
 
     folder = hub.dataset_snapshot(source, config, split, revision)
     dataset = openr1.load_source(str(folder), config, split)
@@ -59,7 +59,7 @@ def fetch_tasks(names: list[str], include_path: str | None) -> dict:
     with the package are found as evaluate finds them."""
     from lm_eval.tasks import TaskManager
 
-    from .evaluate import task_paths
+    from scalpel.eval.evaluate import task_paths
 
     paths = task_paths(include_path)
     manager = TaskManager(include_path=paths)
@@ -96,7 +96,7 @@ def fetch_punkt(nltk_dir: str) -> str:
 def prefetch(args) -> dict:
     from huggingface_hub import constants
 
-    from . import openr1
+    from scalpel.data import openr1
 
     manifest = {"hf_home": constants.HF_HOME}
     if args.model:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import fields
 
-from . import hub, params
-from .config import ConfigError
+from scalpel import hub
+from scalpel.train import params
+from scalpel.config import ConfigError
 
 TRL_CLASSES = {"grpo": "GRPOConfig", "sft": "SFTConfig"}
 
@@ -51,7 +52,7 @@ def parameter_names(config: dict) -> tuple[list[str] | None, str]:
 
     model = config["model"]
     if model["base"] == "build":
-        from .model import olmo2_config
+        from scalpel.model.base import olmo2_config
 
         architecture = olmo2_config(model["build"], model["build"]["vocab_size"], 1, 0, 0)
         label = "the built OLMo-2 (model.build)"

@@ -1,4 +1,4 @@
-"""Cost of scalpel.weights at paper scale: a 7B-shaped bf16 pair (OLMo-2-1124-7B shapes, random weights, a known
+"""Cost of scalpel.analysis.weights at 7B: a bf16 pair (OLMo-2-1124-7B shapes, random weights, a known
 perturbation: every 3rd element of each projection moved one bf16 ulp) against a raw read of the same files.
 
 RESULTS (2026-12-01; a 2-core "Intel Xeon Processor" VM, AVX-512, 23.5 GiB RAM, ext4 on virtio, torch 2.13.0+cpu,
@@ -163,7 +163,8 @@ CHILD = """
 import json, os, resource, sys, time
 sys.path.insert(0, {workflow!r})
 import torch
-from scalpel import weights, diff
+from scalpel.analysis import weights
+from scalpel.analysis import diff
 if {threads}:
     torch.set_num_threads({threads})
 load = os.getloadavg()[0]
@@ -192,7 +193,7 @@ def timed_child(call: str, threads: int = 0) -> dict:
 def spectral_timings(threads: int) -> list[dict]:
     """CPU and wall seconds per 7B-shaped float32 matrix for what spectral_metrics does to each: decompose W'
     (full SVD, or svdvals + svd_lowrank) and svdvals(dW); the base is decomposed once for all checkpoints."""
-    from scalpel import weights
+    from scalpel.analysis import weights
     torch.set_num_threads(threads)
     rows = []
     gen = torch.Generator().manual_seed(0)
@@ -214,7 +215,7 @@ def lowrank_error(m: int = 1024, n: int = 2752, seed: int = 0) -> list[dict]:
     size 1e-5 / 1e-3 / 3e-2, computed exactly (float64 full SVD), in float32 (full SVD) and with svd_lowrank; and
     the spectral shift in float64 and float32. W: Gaussian (flat spectrum) or with singular values divided by
     their rank (decaying). A 1024 x 2752 matrix: a quarter of an OLMo-2-7B MLP matrix per side."""
-    from scalpel import weights
+    from scalpel.analysis import weights
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -245,7 +246,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, required=True, help="scratch folder (outside the repository)")
     ap.add_argument("--layers", type=int, default=LAYERS)
     ap.add_argument("--stride", type=int, default=3, help="checkpoint A updates every stride-th element")
-    ap.add_argument("--with-diff", action="store_true", help="also time scalpel.diff.relative_updates (mmap)")
+    ap.add_argument("--with-diff", action="store_true", help="also time scalpel.analysis.diff.relative_updates (mmap)")
     ap.add_argument("--with-align", action="store_true", help="write a second checkpoint and time run_alignment")
     ap.add_argument("--spectral-threads", type=int, nargs="*", default=[], help="time the SVDs with these threads")
     ap.add_argument("--spectral-pass", type=int, default=0, metavar="THREADS",

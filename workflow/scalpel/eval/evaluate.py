@@ -1,0 +1,216 @@
+"""Evaluate one checkpoint with lm-eval's harness and normalise its results to a tidy table.
+
+The table has one row per (task, metric): run, step, task, metric, value, stderr. Beside it: lm-eval's own results
+JSON, its per-sample log (samples.jsonl, with each document's id and metric values) and the per-item scores
+(items.tsv, see scalpel.eval.items) that confidence intervals and paired differences are computed from.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from scalpel.eval import items as item_scores
+from scalpel.io import atomic_output, check_safetensors, write_tsv
+
+log = logging.getLogger(__name__)
+COLUMNS = ["run", "step", "task", "metric", "value", "stderr"]
+
+
+def normalise(results: dict, run: str, step: int) -> pd.DataFrame:
+    """lm-eval's `results` ({task: {"metric,filter": v, "metric_stderr,filter": se}}) -> tidy rows."""
+    rows = []
+    for task, metrics in results.items():
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
+                continue
+            metric, filt = key.split(",", 1)
+            stderr = metrics.get(f"{metric}_stderr,{filt}")
+            name = item_scores.metric_name(metric, filt)
+            rows.append({"run": run, "step": step, "task": task, "metric": name, "value": float(value),
+                         "stderr": float(stderr) if isinstance(stderr, (int, float)) else math.nan})
+    if not rows:
+        raise ValueError(f"lm-eval returned no numeric metric for {run} step {step}")
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["task", "metric"], ignore_index=True)
+
+
+def model_args(checkpoint: str, backend: str, dtype: str, extra: dict | None = None, seed: int = 0) -> dict:
+    """lm-eval model arguments: the checkpoint and dtype, never hub code, then `eval.model_args` from the config
+    (for vllm e.g. gpu_memory_utilization, max_model_len, tensor_parallel_size)."""
+    args = {"pretrained": checkpoint, "dtype": dtype, "trust_remote_code": False}
+    if backend == "vllm":
+        args["seed"] = seed  # vLLM samples with its own generator
+    args.update(extra or {})
+    return args
+
+
+def fewshot_groups(tasks: list[str], num_fewshot: dict[str, int] | None,
+                   multiturn: dict[str, bool] | None = None) -> dict[tuple[int | None, bool], list[str]]:
+    """Tasks grouped by (few-shot count, few-shot examples as chat turns): the count set for them in
+    `eval.num_fewshot` (None: the task's own default) and `eval.fewshot_as_multiturn` (default true, lm-eval 0.4.13's
+    own default with a chat template; false puts examples and question in one user message, as lm-eval 0.4.8 did).
+
+    lm-eval applies both to every task of one call, so each group is one call (on the same loaded model).
+    """
+    groups: dict[tuple[int | None, bool], list[str]] = {}
+    for task in tasks:
+        key = ((num_fewshot or {}).get(task), (multiturn or {}).get(task, True))
+        groups.setdefault(key, []).append(task)
+    return groups
+
+
+def task_paths(task_dir: str | None) -> list[str]:
+    """lm-eval include paths: the paper tasks shipped with the package, then a study's own task folder."""
+    from scalpel.tasks.paper import TASK_DIR
+
+    return [str(TASK_DIR)] + ([str(task_dir)] if task_dir else [])
+
+
+def sampled_task(manager, task: str, k: int) -> dict:
+    """lm-eval's full config of `task` with k samples per document: `repeats` k, the take_first_k filter (which keeps
+    all k completions, so the task's process_results sees them as `results[0]`), and the metrics
+    paper_tasks.sampled adds (samples_correct, pass@k). Only generative tasks sample."""
+    # lm-eval 0.4.13 builds a dict spec as an inline task (its registered YAML is not merged in), so the YAML is
+    # loaded here with its includes and !function hooks resolved, as TaskManager does for a registered name.
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from scalpel.tasks.paper import pass_at_k_levels
+
+    entry = manager.task_index.get(task)
+    if entry is None or entry.yaml_path is None:
+        raise ValueError(f"eval.samples: {task} is not a task lm-eval loads from a YAML file")
+    cfg = load_yaml(entry.yaml_path, resolve_func=True)
+    if cfg.get("output_type") != "generate_until":
+        raise ValueError(f"eval.samples: {task} is {cfg.get('output_type')}, not generate_until; only generated "
+                         "answers have several samples")
+    extra = ["samples_correct"] + [f"pass@{n}" for n in pass_at_k_levels(k)[1:]]
+    have = {m["metric"] for m in cfg.get("metric_list", [])}
+    metrics = cfg.get("metric_list", []) + [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                                             for m in extra if m not in have]
+    return {**cfg, "task": task, "repeats": k, "metric_list": metrics,
+            "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": k}]}]}
+
+
+def _merge(results: list[dict]) -> dict:
+    merged = {key: {} for key in ("results", "configs", "versions", "n-shot", "n-samples", "samples",
+                                  "group_subtasks")}
+    for res in results:
+        for key in merged:
+            merged[key].update(res.get(key) or {})
+    return merged
+
+
+def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: str, step: int, backend: str = "hf",
+             dtype: str = "float32", batch_size: int = 32, limit: int | None = None, seed: int = 0,
+             device: str = "cpu", gen_kwargs: dict | None = None, num_fewshot: dict[str, int] | None = None,
+             extra_model_args: dict | None = None, chat_template: str | None = None,
+             fewshot_as_multiturn: dict[str, bool] | None = None,
+             samples: dict[str, int] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Run `tasks` on one checkpoint with the chat template applied: the checkpoint tokenizer's own, or
+    `chat_template` (the text of a Jinja template) in its place.
+
+    `gen_kwargs` (config `eval.generation`) update the generation settings of every generate_until task (the
+    paper: temperature 0.6, top-p 0.95, 4,096 new tokens; lm-eval's own default is 256 tokens); `num_fewshot` maps a
+    task to its shot count, `fewshot_as_multiturn` to whether its examples are separate chat turns (default true).
+    The tasks shipped in paper_tasks.TASK_DIR are always found, beside lm-eval's built-ins and `task_dir`'s.
+    `samples` maps a task to its number of samples per document (config eval.samples; default 1).
+    """
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from scalpel.eval.lm_backends import model_class
+
+    lm = model_class(backend).create_from_arg_obj(
+        model_args(checkpoint, backend, dtype, extra_model_args, seed), {"batch_size": batch_size, "device": device})
+    if chat_template is not None:
+        lm.tokenizer.chat_template = chat_template
+        if hasattr(lm, "hf_chat_template"):  # lm-eval's vLLM backend renders with this copy
+            lm.hf_chat_template = chat_template
+    manager = TaskManager(include_path=task_paths(task_dir))
+    results = []
+    for (shots, multiturn), group in fewshot_groups(tasks, num_fewshot, fewshot_as_multiturn).items():
+        log.info("tasks %s with %s few-shot examples, %s", group, "their default" if shots is None else shots,
+                 "as chat turns" if multiturn else "in the question's user message")
+        specs = [sampled_task(manager, t, samples[t]) if (samples or {}).get(t, 1) > 1 else t for t in group]
+        results.append(lm_eval.simple_evaluate(
+            model=lm, tasks=specs, num_fewshot=shots, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
+            task_manager=manager, limit=limit, apply_chat_template=True, fewshot_as_multiturn=multiturn,
+            log_samples=True, random_seed=seed,
+            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        ))
+    res = _merge(results)
+    res["group_weight_by_size"] = item_scores.group_weighting(manager, res["group_subtasks"])
+    return normalise(res["results"], run, step), res
+
+
+def items_path(out_tsv) -> Path:
+    """Where the per-item scores of an eval table are: step-N.tsv -> step-N.items.tsv."""
+    return Path(out_tsv).with_suffix(".items.tsv")
+
+
+def run(checkpoint: str, tasks: list[str], task_dir: str | None, out_tsv: str, *, run: str, step: int,
+        item_clusters: dict[str, str] | None = None, **kwargs):
+    """Evaluate and write the table, with lm-eval's results, samples and the per-item scores beside it (each file
+    atomically, the table last). `item_clusters`: config eval.item_clusters (task -> document field)."""
+    check_safetensors(checkpoint)
+    table, res = evaluate(checkpoint, tasks, task_dir, run=run, step=step, **kwargs)
+    rows = item_scores.from_results(res, res["group_weight_by_size"], item_clusters)
+    out = Path(out_tsv)
+    keep = ("results", "configs", "versions", "n-shot", "n-samples", "group_subtasks", "group_weight_by_size")
+    with atomic_output(out.with_suffix(".lm_eval.json")) as tmp:
+        tmp.write_text(json.dumps({k: res[k] for k in keep}, indent=1, default=str))
+    with atomic_output(out.with_suffix(".samples.jsonl")) as tmp, open(tmp, "w") as fh:
+        for task, samples in res["samples"].items():
+            for s in samples:
+                # per-item metric values: paired differences between models need them (stats on items)
+                fh.write(json.dumps({"task": task, "doc_id": s["doc_id"], "doc": s["doc"], "resps": s["resps"],
+                                     "filtered_resps": s["filtered_resps"],
+                                     "metrics": {m: s[m] for m in s["metrics"]}}, default=str) + "\n")
+    write_tsv(rows, items_path(out))
+    with atomic_output(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    return table
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="lm-eval on one checkpoint, normalised to a tidy TSV")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    p.add_argument("--task-dir", default=None, help="folder of local task YAMLs (lm-eval include_path)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", default="32", help="an integer, or auto")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gen-kwargs", default="{}", help="JSON of config eval.generation")
+    p.add_argument("--num-fewshot", default="{}", help="JSON of config eval.num_fewshot (task -> shots)")
+    p.add_argument("--model-args", default="{}", help="JSON of config eval.model_args")
+    p.add_argument("--fewshot-as-multiturn", default="{}",
+                   help="JSON of config eval.fewshot_as_multiturn (task -> examples as chat turns; default true)")
+    p.add_argument("--samples", default="{}",
+                   help="JSON of task -> samples per document (config eval.samples for this checkpoint)")
+    p.add_argument("--item-clusters", default="{}",
+                   help="JSON of config eval.item_clusters (task -> the document field that clusters its items)")
+    p.add_argument("--chat-template", default=None,
+                   help="a Jinja chat template file used instead of the checkpoint tokenizer's "
+                        "(eval.base_chat_template)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> None:
+    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    table = run(args.checkpoint, args.tasks.split(","), args.task_dir, args.out, run=args.run, step=args.step,
+                backend=args.backend, dtype=args.dtype, batch_size=batch_size, limit=args.limit, seed=args.seed,
+                device=args.device, gen_kwargs=json.loads(args.gen_kwargs), num_fewshot=json.loads(args.num_fewshot),
+                extra_model_args=json.loads(args.model_args),
+                chat_template=Path(args.chat_template).read_text() if args.chat_template else None,
+                fewshot_as_multiturn=json.loads(args.fewshot_as_multiturn),
+                item_clusters=json.loads(args.item_clusters), samples=json.loads(args.samples))
+    log.info("\n%s", table.to_string(index=False))

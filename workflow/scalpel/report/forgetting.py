@@ -1,0 +1,144 @@
+"""What predicts forgetting: across every checkpoint of every run, the out-of-domain change against the per-token
+forward KL and against each weight measure's model mean, one least-squares line per predictor.
+
+- `ood_change`: the mean over the out-of-domain tasks (analysis spec `out_of_domain`) of each task's primary metric
+  (spec `primary`), checkpoint minus base: negative is forgetting. Intermediate checkpoints lack the suites of
+  `eval.final_only`; only checkpoints with every out-of-domain task are used, and the table says how many;
+- predictors: `kl_per_token` (results/tables/kl.tsv: KL(base || checkpoint) on the in-domain reference set) and the
+  columns of results/tables/weights_means.tsv (spectral ones exist only where the spectral pass ran, so their n is
+  smaller);
+- `r2`: R^2 of the least-squares line y = a + b x (the squared Pearson correlation), with a percentile bootstrap
+  interval over checkpoints (scipy.stats.bootstrap, paired resamples). A resample with a constant x or y counts
+  R^2 0 (no line explains anything there). The claim tested: forward KL predicts forgetting best (Shenfeld et al.
+  2025, "RL's Razor", arXiv 2509.04259, R^2 0.96 on a toy task, 0.71 on a 3B model).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from scalpel.config import BASE
+from scalpel.io import read_yaml, write_tsv
+from scalpel.report.tables import read_tsv
+
+log = logging.getLogger(__name__)
+
+KEYS = ["run", "step"]
+WEIGHT_MEASURES = ("unchanged_bitwise", "unchanged_tol", "overlap_top", "overlap_bottom", "rel_update", "nss",
+                   "stable_rank", "effective_rank")
+_ANGLE = re.compile(r"angle_(left|right)_k\d+")
+MIN_POINTS = 3
+COLUMNS = ["predictor", "n", "r2", "r2_low", "r2_high", "slope", "intercept"]
+
+
+def ood_change(scores: pd.DataFrame, spec: dict) -> tuple[pd.DataFrame, int]:
+    """(run, step, ood_change) of every checkpoint with all out-of-domain tasks, and how many checkpoints lacked
+    some. A task without a primary metric in the spec, or the base without it, is an error naming the task."""
+    tasks, primary = list(spec.get("out_of_domain") or []), spec["primary"]
+    if not tasks:
+        raise ValueError("analysis spec: out_of_domain lists no task (eval.in_domain covers every suite)")
+    missing = [t for t in tasks if t not in primary]
+    if missing:
+        raise ValueError(f"analysis spec: out-of-domain task {missing[0]} has no primary metric "
+                         "(config eval.primary_metrics)")
+    wanted = pd.DataFrame({"task": tasks, "metric": [primary[t] for t in tasks]})
+    rows = scores.merge(wanted, on=["task", "metric"])
+    base = rows[rows.run == BASE].set_index("task").value
+    absent = [t for t in tasks if t not in base.index]
+    if absent:
+        raise ValueError(f"scores: the base model has no {absent[0]},{primary[absent[0]]} score")
+    rows = rows[rows.run != BASE].assign(change=lambda d: d.value - d.task.map(base))
+    per_ckpt = rows.groupby(KEYS).agg(n_tasks=("task", "nunique"), ood_change=("change", "mean")).reset_index()
+    checkpoints = scores[scores.run != BASE][KEYS].drop_duplicates()
+    complete = per_ckpt[per_ckpt.n_tasks == len(tasks)].drop(columns="n_tasks")
+    return complete.reset_index(drop=True), len(checkpoints) - len(complete)
+
+
+def predictors(means: pd.DataFrame) -> list[str]:
+    return [c for c in means.columns if c in WEIGHT_MEASURES or _ANGLE.fullmatch(c)]
+
+
+def r2(x, y) -> float:
+    """R^2 of the least-squares line of y on x; 0 when x or y is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    xc, yc = x - x.mean(), y - y.mean()
+    sxx, syy = float(xc @ xc), float(yc @ yc)
+    if sxx <= 0 or syy <= 0:
+        return 0.0
+    return min(1.0, float(xc @ yc) ** 2 / (sxx * syy))  # rounding can pass 1 by an ulp
+
+
+def fit(x, y, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """slope, intercept, r2 and its bootstrap interval; NaN with fewer than MIN_POINTS points."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    out = {"n": len(x), "r2": math.nan, "r2_low": math.nan, "r2_high": math.nan, "slope": math.nan,
+           "intercept": math.nan}
+    if len(x) < MIN_POINTS:
+        return out
+    if np.ptp(x) > 0:
+        out["slope"], out["intercept"] = (float(v) for v in np.polyfit(x, y, 1))
+    out["r2"] = r2(x, y)
+    with warnings.catch_warnings():  # a degenerate bootstrap distribution (e.g. R^2 1 in every resample) warns
+        warnings.simplefilter("ignore")
+        ci = stats.bootstrap((x, y), r2, paired=True, vectorized=False, n_resamples=n_resamples,
+                             confidence_level=confidence, method="percentile", random_state=seed).confidence_interval
+    out["r2_low"], out["r2_high"] = float(ci.low), float(ci.high)
+    return out
+
+
+def points_table(scores: pd.DataFrame, kl: pd.DataFrame, means: pd.DataFrame, spec: dict) -> tuple[pd.DataFrame,
+                                                                                                     int]:
+    """One row per checkpoint with every out-of-domain task: run, method, step, pct_training, ood_change, then the
+    predictors; and the number of checkpoints left out."""
+    ood, left_out = ood_change(scores, spec)
+    info = means[[*KEYS, "method", "pct_training"]] if not means.empty else kl[[*KEYS, "method", "pct_training"]]
+    points = ood.merge(info, on=KEYS, how="left")
+    points = points.merge(kl[[*KEYS, "kl_per_token"]], on=KEYS, how="left")
+    points = points.merge(means[[*KEYS, *predictors(means)]], on=KEYS, how="left")
+    first = [*KEYS, "method", "pct_training", "ood_change"]
+    return points[first + [c for c in points.columns if c not in first]], left_out
+
+
+def fit_all(points: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """One row per predictor (COLUMNS), ranked by R^2 (NaN last)."""
+    rows = []
+    for col in points.columns[points.columns.get_loc("ood_change") + 1:]:
+        have = points[[col, "ood_change"]].dropna()
+        rows.append({"predictor": col, **fit(have[col], have.ood_change, n_resamples, seed)})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.sort_values("r2", ascending=False, na_position="last", ignore_index=True)
+
+
+def add_parser(subparsers) -> None:
+    ap = subparsers.add_parser("forgetting", help="which measure predicts the out-of-domain drop",
+                               description="R^2 of the out-of-domain change against KL and each weight measure.")
+    ap.add_argument("--scores", required=True, help="results/tables/scores.tsv")
+    ap.add_argument("--kl", required=True, help="results/tables/kl.tsv")
+    ap.add_argument("--weights", required=True, help="results/tables/weights_means.tsv")
+    ap.add_argument("--spec", required=True, help="the analysis spec (rule analysis_spec)")
+    ap.add_argument("--table", required=True, help="TSV to write: one row per predictor, ranked by R^2")
+    ap.add_argument("--points", required=True, help="TSV to write: one row per checkpoint used")
+    ap.add_argument("--figure", required=True, help="PNG to write")
+    ap.add_argument("--resamples", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.set_defaults(func=main)
+
+
+def main(args) -> None:
+    from scalpel.report.weight_plots import forgetting_figure
+
+    spec = read_yaml(args.spec)
+    points, left_out = points_table(read_tsv(args.scores), read_tsv(args.kl), read_tsv(args.weights), spec)
+    log.info("%d checkpoints have every out-of-domain task; %d lack some (eval.final_only) and are left out",
+             len(points), left_out)
+    table = fit_all(points, args.resamples, args.seed)
+    table.insert(2, "checkpoints_left_out", left_out)
+    write_tsv(points, args.points)
+    write_tsv(table, args.table)
+    forgetting_figure(points, table, left_out, args.figure)
