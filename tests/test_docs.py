@@ -59,3 +59,15 @@ def test_no_citation_of_files_outside_the_repository():
     found = subprocess.run(["git", "grep", "-n", "-E", pattern, "--", ".", ":!tests/stress"], cwd=ROOT,
                            capture_output=True, text=True).stdout
     assert found == "", found
+
+
+def test_the_readme_layout_names_every_sub_package_and_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("\n## ")]
+    package = ROOT / "workflow/scalpel"
+    stages = sorted(p.name for p in package.iterdir() if (p / "__init__.py").exists())
+    assert len(stages) == 7
+    modules = {p.stem for p in package.rglob("*.py") if p.stem != "__init__"} | {"lm_eval_tasks"}
+    unnamed = [name for name in stages + sorted(modules) if not re.search(rf"\b{name}\b", layout)]
+    assert unnamed == []
