@@ -232,4 +232,5 @@ def get_final_outputs():
         "results/figures/weights_trajectories.png",
         "results/figures/weights_alignment.png",
         "results/figures/forgetting.png",
+        "results/report/findings.html",
     ] + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [])

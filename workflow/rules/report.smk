@@ -160,3 +160,23 @@ rule forgetting:
         "python -m scalpel forgetting --scores {input.scores:q} --kl {input.kl:q} --weights {input.weights:q}"
         " --spec {input.spec:q} --table {output.table:q} --points {output.points:q} --figure {output.figure:q}"
         " > {log:q} 2>&1"
+
+
+rule findings:
+    input:
+        summary="results/tables/summary.tsv",
+        authors="results/tables/authors_comparison.tsv",
+        claims=["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [],
+        figures=[f"results/figures/{name}.png" for name in ("differences_final", "scores_final", "update_heatmaps")],
+    output:
+        report("results/report/findings.html", caption="../report/findings.rst", category="Findings"),
+    log:
+        "logs/findings/findings.log",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    params:
+        claims=lambda wildcards, input: ["--claims", input.claims] if input.claims else [],
+    shell:
+        "python -m scalpel findings --summary {input.summary:q} --authors {input.authors:q} {params.claims:q}"
+        " --figures {input.figures:q} --out {output:q} > {log:q} 2>&1"

@@ -32,6 +32,7 @@ COMMANDS = {
     "weight-tables": "report.weight_tables",
     "weight-plots": "report.weight_plots",
     "forgetting": "report.forgetting",
+    "findings": "report.findings",
     "slurm-preview": "slurm_preview",
 }
 

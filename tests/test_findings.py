@@ -1,0 +1,58 @@
+"""The report's first page: claims, changes from the base and the authors' numbers as the tables give them."""
+import pandas as pd
+import pytest
+
+from scalpel import cli
+from scalpel.report import findings
+
+SUMMARY = pd.DataFrame([
+    {"run": "base", "method": "base", "step": 0, "in_domain": 0.2, "out_of_domain": 0.8, "mean_rel_update": None},
+    {"run": "grpo", "method": "grpo", "step": 4, "in_domain": 0.35, "in_domain_delta": 0.15, "in_domain_delta_low": 0.1,
+     "in_domain_delta_high": 0.2, "in_domain_delta_significant": True, "out_of_domain": 0.79,
+     "out_of_domain_delta": -0.01, "out_of_domain_delta_low": -0.03, "out_of_domain_delta_high": 0.01,
+     "out_of_domain_delta_significant": False, "mean_rel_update": 0.00123},
+])
+CLAIMS = pd.DataFrame([
+    {"claim": "1a", "comparison": "grpo - base", "task": "mini_math_l1+l2", "metric": "pass@1", "estimate": 0.164,
+     "low": 0.110, "high": 0.218, "criterion": "low > 0", "verdict": "pass"},
+    {"claim": "2", "comparison": "sft - grpo", "task": "ood", "metric": "mean", "estimate": -0.5, "low": -0.55,
+     "high": -0.44, "criterion": "high < 0", "verdict": "fail"},
+    {"claim": "5", "comparison": "grpo - base", "task": "mini_math_l1", "metric": "pass@16", "estimate": 0.0,
+     "low": None, "high": None, "criterion": "reported", "verdict": None},
+])
+
+
+def test_domain_table_gives_each_change_with_its_interval():
+    table = findings.domain_table(SUMMARY)
+    assert table.run.tolist() == ["grpo"]
+    row = table.iloc[0]
+    assert row["in domain change [95% CI]"] == "+0.150 [+0.100, +0.200]"
+    assert row["out of domain change [95% CI]"] == "-0.010 [-0.030, +0.010]"
+    assert (row["in domain significant"], row["out of domain significant"]) == ("yes", "no")
+    assert row["mean relative update"] == "0.00123"
+
+
+def test_page_counts_the_decided_claims_and_marks_verdicts(tmp_path):
+    html = findings.page(SUMMARY, CLAIMS, None, [], "Found")
+    assert "Pre-registered claims: 1 of 2 pass" in html
+    assert '<td class="pass">pass</td>' in html and '<td class="fail">fail</td>' in html
+    assert "+0.164 [+0.110, +0.218]" in html and "+0.000</td>" in html  # no interval: the estimate alone
+    assert "Beside the authors" not in html
+
+
+def test_the_command_embeds_figures_and_the_authors_numbers(tmp_path):
+    SUMMARY.to_csv(tmp_path / "summary.tsv", sep="\t", index=False)
+    pd.DataFrame([{"run": "grpo", "authors_model": "GRPOv01.14", "quantity": "MATH-500", "ours": 0.412,
+                   "ours_stderr": 0.022, "authors": 0.436, "authors_stderr": None}]).to_csv(
+        tmp_path / "authors.tsv", sep="\t", index=False)
+    png = tmp_path / "scores_final.png"
+    png.write_bytes(b"\x89PNG fake")
+    out = tmp_path / "findings.html"
+    cli.main(["findings", "--summary", tmp_path / "summary.tsv", "--authors", tmp_path / "authors.tsv",
+              "--figures", png, "--out", out])
+    text = out.read_text()
+    assert "<td>0.412 ± 0.022</td><td>0.436</td>" in text
+    assert "data:image/png;base64,iVBORyBmYWtl" in text
+    with pytest.raises(SystemExit, match="no caption for .*other.png"):
+        cli.main(["findings", "--summary", tmp_path / "summary.tsv", "--figures", tmp_path / "other.png",
+                  "--out", out])

@@ -1,0 +1,146 @@
+"""The report's first page: what the study found, on one self-contained HTML page (`results/report/findings.html`).
+
+From the tables the other report commands wrote, nothing recomputed: the pre-registered claims with their number,
+interval and verdict (the miniature, `claims.tsv`), each run's in-domain and out-of-domain change from the base with
+its paired interval (`summary.tsv`), our numbers beside the authors' (`authors_comparison.tsv`, the paper config),
+and the figures that carry them, embedded.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from scalpel.io import atomic_output
+from scalpel.report.tables import read_tsv
+
+log = logging.getLogger(__name__)
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.92em}th,td{padding:.3em .6em;border-bottom:1px solid #ddd;
+text-align:left;vertical-align:top}th{background:#f4f4f4}.pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;
+font-weight:600}.note{color:#555;font-size:.9em}figure{margin:1em 0}figure img{max-width:100%}"""
+VERDICTS = {"pass": "pass", "fail": "fail", "reproduced": "pass", "not reproduced": "fail"}
+
+
+def interval(est, low, high) -> str:
+    """`est [low, high]`, or the estimate alone where the interval is missing."""
+    if pd.isna(est):
+        return ""
+    if pd.isna(low) or pd.isna(high):
+        return f"{est:+.3f}"
+    return f"{est:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _table(df: pd.DataFrame, verdict_column: str | None = None) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for _, row in df.iterrows():
+        cells = []
+        for col, value in row.items():
+            text = "" if pd.isna(value) else str(value)
+            css = VERDICTS.get(text, "") if col == verdict_column else ""
+            cells.append(f'<td class="{css}">{html.escape(text)}</td>' if css else f"<td>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim: what was compared, the estimate with its 95% interval, the criterion and the verdict."""
+    return pd.DataFrame({
+        "claim": claims["claim"], "comparison": claims["comparison"],
+        "on": claims["task"].fillna("") + " " + claims["metric"].fillna(""),
+        "estimate [95% CI]": [interval(e, lo, hi) for e, lo, hi in zip(claims.estimate, claims.low, claims.high)],
+        "criterion": claims["criterion"], "verdict": claims["verdict"].fillna(""),
+    })
+
+
+def domain_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each run's final checkpoint against the base: the in-domain and out-of-domain change with its paired 95%
+    interval, significant after Benjamini-Hochberg or not, and the mean relative update."""
+    runs = summary[summary.run != "base"]
+    out = pd.DataFrame({"run": runs.run, "method": runs.method, "step": runs.step})
+    for domain in ("in_domain", "out_of_domain"):
+        if f"{domain}_delta" not in runs:
+            continue
+        out[f"{domain.replace('_', ' ')} change [95% CI]"] = [
+            interval(d, lo, hi) for d, lo, hi in
+            zip(runs[f"{domain}_delta"], runs[f"{domain}_delta_low"], runs[f"{domain}_delta_high"])]
+        out[f"{domain.replace('_', ' ')} significant"] = runs[f"{domain}_delta_significant"].map(
+            {True: "yes", False: "no"})
+    out["mean relative update"] = runs.mean_rel_update.map(lambda x: f"{x:.3g}")
+    return out
+
+
+def authors_table(authors: pd.DataFrame) -> pd.DataFrame:
+    """Our number beside the authors', each with its standard error where one exists."""
+    def with_se(value, se):
+        return f"{value:.4g}" + ("" if pd.isna(se) else f" ± {se:.2g}")
+    return pd.DataFrame({
+        "run": authors.run, "authors' model": authors.authors_model, "quantity": authors.quantity,
+        "ours": [with_se(v, s) for v, s in zip(authors.ours, authors.ours_stderr)],
+        "authors'": [with_se(v, s) for v, s in zip(authors.authors, authors.authors_stderr)],
+    })
+
+
+def _figure(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption class=note>{html.escape(caption)}</figcaption></figure>")
+
+
+def page(summary: pd.DataFrame, claims: pd.DataFrame | None, authors: pd.DataFrame | None,
+         figures: list[tuple[Path, str]], title: str) -> str:
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if claims is not None and not claims.empty:
+        decided = claims[claims.verdict.fillna("") != ""]
+        passed = int((decided.verdict == "pass").sum())
+        parts += [f"<h2>Pre-registered claims: {passed} of {len(decided)} pass</h2>",
+                  "<p class=note>Paired 95% intervals over the same eval items, KL reference examples or weight "
+                  "matrices; criteria as pre-registered in docs/miniature-claims.md (rows without a verdict are "
+                  "descriptive).</p>", _table(claims_table(claims), "verdict")]
+    parts += ["<h2>Each run against the base</h2>",
+              "<p class=note>Final checkpoints; in domain: the maths suites, out of domain: the others (config "
+              "<code>eval.in_domain</code>); change = run - base, paired over items; significant after "
+              "Benjamini-Hochberg over every comparison of the study.</p>", _table(domain_table(summary))]
+    if authors is not None and not authors.empty:
+        parts += ["<h2>Beside the authors' numbers</h2>",
+                  "<p class=note>Every cell both have (config <code>report.authors</code>); ± one standard "
+                  "error.</p>", _table(authors_table(authors))]
+    parts += [_figure(path, caption) for path, caption in figures]
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+FIGURES = {
+    "differences_final.png": "Change from the base per task and domain, final checkpoints, 95% paired intervals "
+                             "(filled: significant after Benjamini-Hochberg).",
+    "scores_final.png": "Scores of the base and each run's final checkpoint, 95% intervals.",
+    "update_heatmaps.png": "Relative update ||W - W_base||_F / ||W_base||_F per layer and matrix, final checkpoints "
+                           "(the paper's Figure 3 metric).",
+}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("findings", help="the report's first page: claims, changes from the base, figures")
+    p.add_argument("--summary", required=True, help="summary.tsv")
+    p.add_argument("--authors", help="authors_comparison.tsv")
+    p.add_argument("--claims", help="claims.tsv (the miniature)")
+    p.add_argument("--figures", nargs="*", default=[], help=f"any of {', '.join(FIGURES)}, in order")
+    p.add_argument("--title", default="What the study found")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=main)
+
+
+def main(args) -> None:
+    unknown = [f for f in args.figures if Path(f).name not in FIGURES]
+    if unknown:
+        raise SystemExit(f"scalpel findings: --figures: no caption for {', '.join(unknown)}")
+    text = page(read_tsv(args.summary), read_tsv(args.claims) if args.claims else None,
+                read_tsv(args.authors) if args.authors else None,
+                [(Path(f), FIGURES[Path(f).name]) for f in args.figures], args.title)
+    with atomic_output(args.out) as tmp:
+        Path(tmp).write_text(text)
+    log.info("findings page: %s", args.out)
