@@ -353,8 +353,17 @@ def _extract(text: str, table, fallback: bool) -> list:
 
 # ---------------------------------------------------------------- comparison (math_comparison.py, v0.9.2)
 
-class _DocAsPrecision(ValueError):
-    """What sympy raises in v0.9.2 when PassAtK's Doc reaches Number.round (`<Doc> is not an integer`)."""
+class _DocStandIn:
+    """Stands for the Doc that v0.9.2's PassAtK passes as `precision` (metrics_sample.py:1194). It reaches only
+    `Number.round(precision)` in sympy_numeric_eq, where sympy 1.14's Expr.round (sympy/core/expr.py) returns
+    zero, nan and the infinities before it reads the argument and raises `ValueError: <Doc> is not an integer`
+    on any other number, in `as_int(n or 0)`: a Doc, like this object, is truthy and no integer."""
+
+    def __repr__(self):
+        return "<Doc>"
+
+
+_DOC = _DocStandIn()
 
 
 def _doit(x):
@@ -411,7 +420,7 @@ def _str_equal(a, b) -> bool:
         return False
 
 
-def _numeric_equal(a, b, precision: int | None) -> bool:
+def _numeric_equal(a, b, precision) -> bool:
     if isinstance(a, (MatrixBase, MatrixExpr)) and isinstance(b, (MatrixBase, MatrixExpr)):
         a, b = _doit(a), _doit(b)
         if isinstance(a, MatrixBase) and isinstance(b, MatrixBase) and a.shape == b.shape:
@@ -420,9 +429,7 @@ def _numeric_equal(a, b, precision: int | None) -> bool:
         if _is_pct_of(a, Float) or _is_pct_of(b, Float):
             a, b = _doit(a), _doit(b)
             if isinstance(a, Number) and isinstance(b, Number):
-                if precision is None:
-                    raise _DocAsPrecision("PassAtK passed the Doc as precision")
-                return a.round(precision) == b.round(precision)
+                return a.round(precision) == b.round(precision)  # sympy itself decides whether the Doc raises
         else:
             return _doit(a) == _doit(b)
     else:
@@ -513,8 +520,8 @@ def _symbols_equal(gold, pred) -> bool:
     return gold == pred
 
 
-def _expr_equal(gold, pred, precision: int | None) -> bool:
-    """sympy_expr_eq (strict) of v0.9.2; precision None reproduces the Doc-as-precision error."""
+def _expr_equal(gold, pred, precision) -> bool:
+    """sympy_expr_eq (strict) of v0.9.2; precision is an int or _DOC (v0.9.2's PassAtK)."""
     if _is_assignment(gold) and not _is_equation(pred):
         gold = _last_relation(gold).rhs
     if _is_equation(pred) and not _is_equation(gold):
@@ -545,7 +552,7 @@ def _single_equal(gold, pred, precision) -> bool:
     return False
 
 
-def _any_equal(golds, preds, precision: int | None, timeout_s: int) -> bool:
+def _any_equal(golds, preds, precision, timeout_s: int) -> bool:
     """compare_gold_target (l.581): any pair equal; an error or a timeout makes that pair unequal."""
     for gold, pred in product(golds, preds):
         try:
@@ -583,7 +590,7 @@ def math_pass_at_1(prediction: str, gold: str, *, faithful: bool = True) -> floa
     golds = _extract(gold.strip(), _MATH, fallback=False)
     preds = _extract(prediction.strip(), _MATH, fallback=False) if prediction else []
     # v0.9.2 calls compare_gold_target(pred, gold, doc): the completion in the gold's seat.
-    return 1.0 if _any_equal(preds, golds, None if faithful else 6, MATH_COMPARE_TIMEOUT_S) else 0.0
+    return 1.0 if _any_equal(preds, golds, _DOC if faithful else 6, MATH_COMPARE_TIMEOUT_S) else 0.0
 
 
 def gsm8k_extractive_match(prediction: str, gold: str) -> float:
