@@ -14,9 +14,11 @@ Scorers (pure, str in, float out):
 * `math_pass_at_1` - metrics.py:373 `math_pass@1:1_samples` (AIME24, MATH-500): `PassAtK(k=1, n=1)` with Expr +
   LaTeX extraction (boxed priority 55, no fallback, the gold extracted like the completion and scoring 0 when
   nothing is found). v0.9.2 calls `compare_gold_target(pred, gold, <Doc>)` (metrics_sample.py:1194): the
-  completion takes the gold's role and the Doc lands in `precision`, so every comparison that reaches sympy's
-  Float rounding raises and scores 0 (e.g. 204.0 against 204, 9/4 against 2.25). `faithful=False` passes
-  precision 6 instead; the argument order stays lighteval's.
+  completion takes the gold's role and the Doc lands in `precision`. Here a stand-in for the Doc goes the same way
+  to sympy's own `Number.round`, which raises on it (204.0 against 204, 9/4 against 2.25 score 0) except where
+  both numbers are zero (or infinite): sympy returns those before reading the argument, 0.0 and 0 then compare
+  unequal as sympy objects and the symbolic test finds them equal, so 0.0 against 0 scores 1, as in lighteval.
+  `faithful=False` passes precision 6 instead; the argument order stays lighteval's.
 * `gsm8k_extractive_match` - metrics.py:187 `expr_gold_metric` (`extractive_match`): gold Expr extraction, completion
   Expr + LaTeX with boxed first, first-match string fallback, precision 5.
 * `gpqa_letter_match` - metrics.py:873 `gpqa_pass@1:1_samples`: letter extraction (A-D, no word boundaries; the
@@ -25,8 +27,11 @@ Scorers (pure, str in, float out):
 
 Known difference: the parser is latex2sympy2_extended 1.11's grammar, which lexes \\Gamma and \\gamma as the gamma
 function (or Euler's constant) where 1.0.6 read a symbol or an undefined function; answers containing them may score
-differently. Beyond the fixture, 5,548 generated cases (maths, GSM8K and GPQA answers in many wrappings) were scored
-by lighteval 0.9.2 and by this module: the scores agreed except for two \\Gamma / \\gamma answers.
+differently (two fixture rows). What else was compared: tests/fixtures/lighteval_generated.json, 2,949 generated
+maths cases (made and scored with lighteval 0.9.2 by tests/fixtures/make_lighteval_generated.py): numbers, zeros
+written as decimals and with signs, tuples, intervals, sets, comma lists, equations, inequalities, percentages and
+vectors of them, boxed, in the final-answer template or unboxed; both scores agree with lighteval's on every case.
+GSM8K and GPQA are compared on the hand-written fixture rows only.
 
 Timeouts: as lighteval, 5 s per parse and 3 s (maths) or 5 s (GSM8K, GPQA) per comparison, with signal.alarm, so
 only in the main thread (where lm-eval calls process_results); a parse that times out extracts nothing, a
