@@ -291,6 +291,7 @@ def vllm_stand_in():
         mp.delitem(sys.modules, "lm_eval.models.vllm_causallms", raising=False)
         yield importlib.import_module("lm_eval.models.vllm_causallms")
         sys.modules.pop("lm_eval.models.vllm_causallms", None)
+        vars(sys.modules["lm_eval.models"]).pop("vllm_causallms", None)
 
 
 @pytest.mark.parametrize("task", GENERATIVE)
