@@ -44,6 +44,7 @@ def manager(tmp_path_factory):
     folder = tmp_path_factory.mktemp("paper_tasks")
     for task, key in SINGLE.items():
         _local_copy(folder, task, TASK_DIR / f"{task}.yaml", ROWS[key])
+    _local_copy(folder, "paper_gsm8k_cut", TASK_DIR / "paper_gsm8k_cut.yaml", ROWS["gsm8k"])
     for subject in MMLU_FIXTURE_SUBJECTS:
         name = f"paper_mmlu_{subject}"
         _local_copy(folder, name, TASK_DIR / "mmlu" / f"{name}.yaml", ROWS["mmlu"][subject])
@@ -54,19 +55,29 @@ def manager(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    """lm-eval's HF wrapper on a tiny OLMo-2 whose tokenizer carries OLMo-2-1124-7B-Instruct's template."""
-    from lm_eval.models.huggingface import HFLM
-    from test_hub import OLMO_TEMPLATE
-
+def olmo(tmp_path_factory):
+    """A tiny OLMo-2 checkpoint folder."""
     from conftest import write_tiny_study
 
-    assert LIGHTEVAL["chat_template"] == OLMO_TEMPLATE  # lighteval rendered with the published template
     folder = tmp_path_factory.mktemp("olmo")
     write_tiny_study(folder)
-    model = HFLM(pretrained=str(folder / "base"), device="cpu", batch_size=1)
+    return folder / "base"
+
+
+def _with_template(model):
+    from test_hub import OLMO_TEMPLATE
+
+    assert LIGHTEVAL["chat_template"] == OLMO_TEMPLATE  # lighteval rendered with the published template
     model.tokenizer.chat_template = OLMO_TEMPLATE
     return model
+
+
+@pytest.fixture(scope="module")
+def lm(olmo):
+    """lm-eval's HF wrapper on a tiny OLMo-2 whose tokenizer carries OLMo-2-1124-7B-Instruct's template."""
+    from lm_eval.models.huggingface import HFLM
+
+    return _with_template(HFLM(pretrained=str(olmo), device="cpu", batch_size=1))
 
 
 def _task(manager, name):
@@ -78,14 +89,21 @@ def _instances(task, lm):
     return task.instances
 
 
+def lighteval_stops(request_stops: list[str]) -> list[str]:
+    """The stop sequences lighteval 0.9.2's backends passed to the model for a request with the chat template on:
+    none, whatever the request asked (huggingface/lighteval@8d9ecd66 src/lighteval/models/vllm/vllm_model.py and
+    transformers/transformers_model.py, `greedy_until`: `if self.use_chat_template: stop_tokens = []`)."""
+    return []
+
+
 def _check_prompts(task, lm, expected: list[dict]) -> None:
     instances = _instances(task, lm)
     prompts = {i.doc_id: i.arguments[0] for i in instances}
     assert prompts == {e["row"]: e["prompt"] for e in expected}
     for e in expected:
         mine = [i for i in instances if i.doc_id == e["row"]]
-        if "stop" in e:
-            assert mine[0].arguments[1]["until"] == e["stop"]
+        if "stop" in e:  # lighteval's request had e["stop"]; its backend passed the model lighteval_stops(...)
+            assert mine[0].arguments[1]["until"] == lighteval_stops(e["stop"])
         if "continuations" in e:
             assert [i.arguments[1] for i in mine] == e["continuations"]
 
@@ -200,9 +218,106 @@ def test_math_reports_the_authors_score_and_the_fixed_one(manager):
 @pytest.mark.parametrize("task", list(SINGLE))
 def test_generation_settings_are_the_authors(manager, task):
     kwargs = _task(manager, task).config.generation_kwargs
-    assert kwargs == {"until": ["Question:"] if task == "paper_gsm8k" else [], "do_sample": True,
-                      "temperature": 0.6, "top_p": 0.95, "max_gen_toks": 4096}
+    assert kwargs == {"until": [], "do_sample": True, "temperature": 0.6, "top_p": 0.95, "max_gen_toks": 4096}
     assert _task(manager, task).config.repeats == 1
+
+
+def test_gsm8k_cut_is_paper_gsm8k_stopped_at_question(manager, lm):
+    """paper_gsm8k_cut: the request lighteval built (stop "Question:"), for who wants the cut the authors never had."""
+    cut, paper = _task(manager, "paper_gsm8k_cut"), _task(manager, "paper_gsm8k")
+    assert cut.config.generation_kwargs == dict(paper.config.generation_kwargs, until=["Question:"])
+    mine, theirs = _instances(cut, lm), _instances(paper, lm)
+    assert [i.arguments[0] for i in mine] == [i.arguments[0] for i in theirs]
+    assert {i.arguments[1]["until"][0] for i in mine} == {e["stop"][0] for e in LIGHTEVAL["tasks"]["gsm8k"]}
+
+
+def _generator_stops(manager, lm, model, task, record) -> list:
+    """What `model`, one of our backends, hands the generator for each of `task`'s first two requests as `lm` renders
+    them (max_gen_toks cut to 4, no model run: `record` stands in for the backend's generation call)."""
+    from dataclasses import replace
+
+    requests = [replace(i, arguments=(i.arguments[0], dict(i.arguments[1], max_gen_toks=4)))
+                for i in _instances(_task(manager, task), lm)[:2]]
+    record.clear()
+    assert model.generate_until(requests) == [""] * len(requests)
+    return list(record)
+
+
+GENERATIVE = [*SINGLE, "paper_gsm8k_cut"]
+
+
+def _expected_stops(task):
+    if task == "paper_gsm8k_cut":
+        return ["Question:"]
+    return lighteval_stops(LIGHTEVAL["tasks"][SINGLE[task]][0]["stop"])
+
+
+@pytest.mark.parametrize("task", GENERATIVE)
+def test_hf_backend_passes_the_generator_lightevals_stops(manager, lm, olmo, task, monkeypatch):
+    """lm-eval's HF backend builds transformers' stopping criteria from `stop` (huggingface.py `_model_generate`); ours
+    gives it the task's stops alone, without lm-eval's EOS string: none for the paper tasks, as lighteval."""
+    from scalpel.eval.lm_backends import WholePromptHFLM
+
+    model = _with_template(WholePromptHFLM(pretrained=str(olmo), device="cpu", batch_size=1))
+    model._max_length = 1 << 20  # the model never runs; the 5-shot prompts would not fit its 256 positions
+    stops = []
+
+    def generate(context, max_length, stop, **kwargs):
+        stops.append(list(stop))
+        return context
+
+    monkeypatch.setattr(model, "_model_generate", generate)
+    assert _generator_stops(manager, lm, model, task, stops) == [_expected_stops(task)] * 2
+
+
+@pytest.fixture(scope="module")
+def vllm_stand_in():
+    """lm-eval's vLLM backend imported (once: it registers itself) over stand-in vllm modules, vllm not being
+    installed on CPU; SamplingParams records what it is given."""
+    import importlib
+    import importlib.metadata
+    import sys
+    import types
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("vllm", "vllm.lora", "vllm.lora.request", "vllm.renderers", "vllm.renderers.hf",
+                     "vllm.tokenizers"):
+            mp.setitem(sys.modules, name, types.ModuleType(name))
+        vllm = sys.modules["vllm"]
+        vllm.LLM = vllm.TokensPrompt = sys.modules["vllm.lora.request"].LoRARequest = object
+        vllm.SamplingParams = types.SimpleNamespace
+        sys.modules["vllm.renderers.hf"].resolve_chat_template = sys.modules["vllm.tokenizers"].get_tokenizer = None
+        real_version = importlib.metadata.version
+        mp.setattr(importlib.metadata, "version", lambda d: "0.11.0" if d == "vllm" else real_version(d))
+        mp.delitem(sys.modules, "lm_eval.models.vllm_causallms", raising=False)
+        yield importlib.import_module("lm_eval.models.vllm_causallms")
+        sys.modules.pop("lm_eval.models.vllm_causallms", None)
+        vars(sys.modules["lm_eval.models"]).pop("vllm_causallms", None)
+
+
+@pytest.mark.parametrize("task", GENERATIVE)
+def test_vllm_backend_passes_the_generator_lightevals_stops(manager, lm, task, vllm_stand_in):
+    """lm-eval's vLLM backend sets SamplingParams(stop=...) per request (vllm_causallms.py `generate_until`); ours
+    gives it the task's stops alone, without lm-eval's EOS string: none for the paper tasks, as lighteval's
+    `SamplingParams.stop = []` (vllm_model.py `_generate`). vLLM still stops at the EOS token, as theirs did."""
+    from types import SimpleNamespace
+
+    from lm_eval.api.model import CacheHook
+
+    from scalpel.eval.lm_backends import whole_prompt_vllm
+
+    model = object.__new__(whole_prompt_vllm())
+    params = []
+
+    def generate(requests, generate, sampling_params):
+        params.extend(sampling_params)
+        return [SimpleNamespace(outputs=[SimpleNamespace(text="")]) for _ in requests]
+
+    model.__dict__.update(tokenizer=lm.tokenizer, tok_encode=lambda texts: [lm.tok_encode(t) for t in texts],
+                          _model_generate=generate, _max_length=1 << 20, _max_gen_toks=256, batch_size=1, _rank=0,
+                          _world_size=1, think_end_token=None, truncation_side="left", cache_hook=CacheHook(None))
+    stops = _generator_stops(manager, lm, model, task, params)
+    assert [p.stop for p in stops] == [_expected_stops(task)] * 2 and {p.max_tokens for p in stops} == {4}
 
 
 def test_every_paper_task_is_registered_and_mmlu_has_all_57_subjects():

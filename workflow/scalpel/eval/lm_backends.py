@@ -10,10 +10,20 @@ The authors' lighteval 0.9.2 on vLLM passed every prompt whole with `max_tokens=
   max_model_len that is exactly lighteval's budget. A prompt that leaves no room is an error.
 - HF (the CPU miniature): transformers pads a batch to its longest prompt, so the budget stays max_gen_toks; a prompt
   longer than max_length - max_gen_toks is an error instead of being cut.
+
+Stop sequences: with the chat template on, lighteval 0.9.2 gave the generator none at all, for every task
+(vllm/vllm_model.py and transformers/transformers_model.py, `greedy_until`: `if self.use_chat_template:
+stop_tokens = []`); the model stopped at its EOS token (vLLM's and transformers' own EOS ids) or the budget. lm-eval
+appends the EOS string to a task's `until` (lm_eval/models/utils.py `handle_stop_sequences`); both backends here
+pass the task's `until` alone (the paper tasks: none), and still stop at the EOS token as lighteval's did.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+from lm_eval.models import huggingface
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences
 
 
 class PromptTooLong(ValueError):
@@ -29,7 +39,27 @@ def rest_of_context(tokens: list[int], max_gen_toks: int, max_model_len: int, **
     return tokens, min(max_gen_toks, room)
 
 
+def task_stops(until, eos=None) -> list[str]:
+    """The stop sequences the generator gets: the task's `until` as a list, without the EOS string lm-eval adds."""
+    return handle_stop_sequences(until, eos=None)
+
+
+@contextmanager
+def _swapped(module, name: str, replacement):
+    # lm-eval's generate_until looks these functions up in their module at call time; swap one for a call only.
+    original = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
 class WholePromptHFLM(HFLM):
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        with _swapped(huggingface, "handle_stop_sequences", task_stops):
+            return super().generate_until(requests, disable_tqdm)
+
     def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None, truncation=False):
         ids, mask = super().tok_batch_encode(strings, padding_side=padding_side, left_truncate_len=None,
                                              truncation=truncation)
@@ -46,12 +76,9 @@ def whole_prompt_vllm():
 
     class WholePromptVLLM(vllm_causallms.VLLM):
         def generate_until(self, requests, disable_tqdm: bool = False):
-            # generate_until looks the function up in its module at call time; swap it for this call only.
-            original, vllm_causallms.maybe_truncate = vllm_causallms.maybe_truncate, rest_of_context
-            try:
+            with (_swapped(vllm_causallms, "maybe_truncate", rest_of_context),
+                  _swapped(vllm_causallms, "handle_stop_sequences", task_stops)):
                 return super().generate_until(requests, disable_tqdm)
-            finally:
-                vllm_causallms.maybe_truncate = original
 
     return WholePromptVLLM
 

@@ -14,9 +14,11 @@ Scorers (pure, str in, float out):
 * `math_pass_at_1` - metrics.py:373 `math_pass@1:1_samples` (AIME24, MATH-500): `PassAtK(k=1, n=1)` with Expr +
   LaTeX extraction (boxed priority 55, no fallback, the gold extracted like the completion and scoring 0 when
   nothing is found). v0.9.2 calls `compare_gold_target(pred, gold, <Doc>)` (metrics_sample.py:1194): the
-  completion takes the gold's role and the Doc lands in `precision`, so every comparison that reaches sympy's
-  Float rounding raises and scores 0 (e.g. 204.0 against 204, 9/4 against 2.25). `faithful=False` passes
-  precision 6 instead; the argument order stays lighteval's.
+  completion takes the gold's role and the Doc lands in `precision`. Here a stand-in for the Doc goes the same way
+  to sympy's own `Number.round`, which raises on it (204.0 against 204, 9/4 against 2.25 score 0) except where
+  both numbers are zero (or infinite): sympy returns those before reading the argument, 0.0 and 0 then compare
+  unequal as sympy objects and the symbolic test finds them equal, so 0.0 against 0 scores 1, as in lighteval.
+  `faithful=False` passes precision 6 instead; the argument order stays lighteval's.
 * `gsm8k_extractive_match` - metrics.py:187 `expr_gold_metric` (`extractive_match`): gold Expr extraction, completion
   Expr + LaTeX with boxed first, first-match string fallback, precision 5.
 * `gpqa_letter_match` - metrics.py:873 `gpqa_pass@1:1_samples`: letter extraction (A-D, no word boundaries; the
@@ -25,8 +27,11 @@ Scorers (pure, str in, float out):
 
 Known difference: the parser is latex2sympy2_extended 1.11's grammar, which lexes \\Gamma and \\gamma as the gamma
 function (or Euler's constant) where 1.0.6 read a symbol or an undefined function; answers containing them may score
-differently. Beyond the fixture, 5,548 generated cases (maths, GSM8K and GPQA answers in many wrappings) were scored
-by lighteval 0.9.2 and by this module: the scores agreed except for two \\Gamma / \\gamma answers.
+differently (two fixture rows). What else was compared: tests/fixtures/lighteval_generated.json, 2,949 generated
+maths cases (made and scored with lighteval 0.9.2 by tests/fixtures/make_lighteval_generated.py): numbers, zeros
+written as decimals and with signs, tuples, intervals, sets, comma lists, equations, inequalities, percentages and
+vectors of them, boxed, in the final-answer template or unboxed; both scores agree with lighteval's on every case.
+GSM8K and GPQA are compared on the hand-written fixture rows only.
 
 Timeouts: as lighteval, 5 s per parse and 3 s (maths) or 5 s (GSM8K, GPQA) per comparison, with signal.alarm, so
 only in the main thread (where lm-eval calls process_results); a parse that times out extracts nothing, a
@@ -353,8 +358,17 @@ def _extract(text: str, table, fallback: bool) -> list:
 
 # ---------------------------------------------------------------- comparison (math_comparison.py, v0.9.2)
 
-class _DocAsPrecision(ValueError):
-    """What sympy raises in v0.9.2 when PassAtK's Doc reaches Number.round (`<Doc> is not an integer`)."""
+class _DocStandIn:
+    """Stands for the Doc that v0.9.2's PassAtK passes as `precision` (metrics_sample.py:1194). It reaches only
+    `Number.round(precision)` in sympy_numeric_eq, where sympy 1.14's Expr.round (sympy/core/expr.py) returns
+    zero, nan and the infinities before it reads the argument and raises `ValueError: <Doc> is not an integer`
+    on any other number, in `as_int(n or 0)`: a Doc, like this object, is truthy and no integer."""
+
+    def __repr__(self):
+        return "<Doc>"
+
+
+_DOC = _DocStandIn()
 
 
 def _doit(x):
@@ -411,7 +425,7 @@ def _str_equal(a, b) -> bool:
         return False
 
 
-def _numeric_equal(a, b, precision: int | None) -> bool:
+def _numeric_equal(a, b, precision) -> bool:
     if isinstance(a, (MatrixBase, MatrixExpr)) and isinstance(b, (MatrixBase, MatrixExpr)):
         a, b = _doit(a), _doit(b)
         if isinstance(a, MatrixBase) and isinstance(b, MatrixBase) and a.shape == b.shape:
@@ -420,9 +434,7 @@ def _numeric_equal(a, b, precision: int | None) -> bool:
         if _is_pct_of(a, Float) or _is_pct_of(b, Float):
             a, b = _doit(a), _doit(b)
             if isinstance(a, Number) and isinstance(b, Number):
-                if precision is None:
-                    raise _DocAsPrecision("PassAtK passed the Doc as precision")
-                return a.round(precision) == b.round(precision)
+                return a.round(precision) == b.round(precision)  # sympy itself decides whether the Doc raises
         else:
             return _doit(a) == _doit(b)
     else:
@@ -513,8 +525,8 @@ def _symbols_equal(gold, pred) -> bool:
     return gold == pred
 
 
-def _expr_equal(gold, pred, precision: int | None) -> bool:
-    """sympy_expr_eq (strict) of v0.9.2; precision None reproduces the Doc-as-precision error."""
+def _expr_equal(gold, pred, precision) -> bool:
+    """sympy_expr_eq (strict) of v0.9.2; precision is an int or _DOC (v0.9.2's PassAtK)."""
     if _is_assignment(gold) and not _is_equation(pred):
         gold = _last_relation(gold).rhs
     if _is_equation(pred) and not _is_equation(gold):
@@ -545,7 +557,7 @@ def _single_equal(gold, pred, precision) -> bool:
     return False
 
 
-def _any_equal(golds, preds, precision: int | None, timeout_s: int) -> bool:
+def _any_equal(golds, preds, precision, timeout_s: int) -> bool:
     """compare_gold_target (l.581): any pair equal; an error or a timeout makes that pair unequal."""
     for gold, pred in product(golds, preds):
         try:
@@ -583,7 +595,7 @@ def math_pass_at_1(prediction: str, gold: str, *, faithful: bool = True) -> floa
     golds = _extract(gold.strip(), _MATH, fallback=False)
     preds = _extract(prediction.strip(), _MATH, fallback=False) if prediction else []
     # v0.9.2 calls compare_gold_target(pred, gold, doc): the completion in the gold's seat.
-    return 1.0 if _any_equal(preds, golds, None if faithful else 6, MATH_COMPARE_TIMEOUT_S) else 0.0
+    return 1.0 if _any_equal(preds, golds, _DOC if faithful else 6, MATH_COMPARE_TIMEOUT_S) else 0.0
 
 
 def gsm8k_extractive_match(prediction: str, gold: str) -> float:
