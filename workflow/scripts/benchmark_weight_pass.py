@@ -46,6 +46,8 @@ Usage (not part of CI; writes 13.6 GiB per checkpoint under --root, deleted unle
     python workflow/scripts/benchmark_weight_pass.py --root /tmp/wbench7b --with-align    # full 32 layers
     python workflow/scripts/benchmark_weight_pass.py --root /tmp/wb1 --layers 1 --with-diff --spectral-pass 1
     python workflow/scripts/benchmark_weight_pass.py --root /tmp/x --layers 1 --spectral-threads 1 --lowrank-error
+    python workflow/scripts/benchmark_weight_pass.py --root /q --layers 1 --shrink 64 --with-diff --with-align --warm
+(the last, seconds: what tests/test_scripts.py runs, checking the values, not the times)
 Dropping the page cache before each timing needs root (`sync; echo 3 > /proc/sys/vm/drop_caches`); without it
 the report says cache_dropped: false and the reads are warm.
 """
@@ -70,20 +72,25 @@ sys.path.insert(0, str(ROOT / "workflow"))
 
 HIDDEN, INTERMEDIATE, VOCAB, LAYERS = 4096, 11008, 100352, 32  # allenai/OLMo-2-1124-7B config.json
 SHARD_BYTES = 5 << 30
-MODULE_SHAPES = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, HIDDEN), "v_proj": (HIDDEN, HIDDEN),
-                 "o_proj": (HIDDEN, HIDDEN), "gate_proj": (INTERMEDIATE, HIDDEN), "up_proj": (INTERMEDIATE, HIDDEN),
-                 "down_proj": (HIDDEN, INTERMEDIATE)}
 
 
-def olmo2_tensors(layers: int) -> list[tuple[str, tuple[int, ...]]]:
-    names = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+def module_shapes(shrink: int = 1) -> dict[str, tuple[int, int]]:
+    """The 7B's projection shapes, every dimension divided by `shrink` (1: the real sizes; more: a quick check)."""
+    h, i = HIDDEN // shrink, INTERMEDIATE // shrink
+    return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h), "gate_proj": (i, h),
+            "up_proj": (i, h), "down_proj": (h, i)}
+
+
+def olmo2_tensors(layers: int, shrink: int = 1) -> list[tuple[str, tuple[int, ...]]]:
+    hidden, vocab = HIDDEN // shrink, VOCAB // shrink
+    names = [("model.embed_tokens.weight", (vocab, hidden))]
     for i in range(layers):
-        for m, shape in MODULE_SHAPES.items():
+        for m, shape in module_shapes(shrink).items():
             block = "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn"
             names.append((f"model.layers.{i}.{block}.{m}.weight", shape))
         for norm in ("self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm", "post_feedforward_layernorm"):
-            names.append((f"model.layers.{i}.{norm}.weight", (HIDDEN,)))
-    names += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+            names.append((f"model.layers.{i}.{norm}.weight", (hidden,)))
+    names += [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
     return names
 
 
@@ -91,12 +98,12 @@ def updated_positions(n: int, stride: int) -> int:
     return (n + stride - 1) // stride
 
 
-def write_model(folder: Path, layers: int, stride: int | None, seed: int = 0) -> None:
+def write_model(folder: Path, layers: int, stride: int | None, seed: int = 0, shrink: int = 1) -> None:
     """Sharded bf16 safetensors, written chunk by chunk (no shard held in memory). With `stride`, every stride-th
     element (flat index) of each projection matrix is moved one bf16 ulp up in bits, so the checkpoint's unchanged
     fraction is known exactly; everything else equals the base (same seed)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = olmo2_tensors(layers)
+    tensors = olmo2_tensors(layers, shrink)
     shards, current, size = [], [], 0
     for name, shape in tensors:
         nbytes = math.prod(shape) * 2
@@ -134,7 +141,12 @@ def write_model(folder: Path, layers: int, stride: int | None, seed: int = 0) ->
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
+DROP_CACHES = True
+
+
 def drop_caches() -> bool:
+    if not DROP_CACHES:
+        return False
     try:
         subprocess.run("sync", check=True)
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -241,7 +253,7 @@ def lowrank_error(m: int = 1024, n: int = 2752, seed: int = 0) -> list[dict]:
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, required=True, help="scratch folder (outside the repository)")
     ap.add_argument("--layers", type=int, default=LAYERS)
@@ -253,15 +265,19 @@ def main() -> None:
                     help="time spectral_metrics on the pair with this many threads (use with --layers 1)")
     ap.add_argument("--lowrank-error", action="store_true", help="svd_lowrank and float32 against float64")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    ap.add_argument("--shrink", type=int, default=1, help="divide every dimension by this (a quick check, not 7B)")
+    ap.add_argument("--warm", action="store_true", help="leave the page cache alone (reads are warm)")
     ap.add_argument("--out", type=Path, help="write the report here (JSON)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    global DROP_CACHES
+    DROP_CACHES = not args.warm
     if ROOT in args.root.resolve().parents:
         ap.error("--root must lie outside the repository")
     report = {"machine": {"cpus": os.cpu_count(), "cpu": next((line.split(":", 1)[1].strip() for line in
                           open("/proc/cpuinfo") if line.startswith("model name")), "?"),
                           "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
                           "torch": torch.__version__, "threads": torch.get_num_threads()},
-              "layers": args.layers}
+              "layers": args.layers, "shrink": args.shrink}
 
     def log(key, value):
         report[key] = value
@@ -273,7 +289,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for folder, stride in folders:
             if not (folder / "model.safetensors.index.json").exists():
-                write_model(folder, args.layers, stride)
+                write_model(folder, args.layers, stride, shrink=args.shrink)
         log("build_s", time.perf_counter() - t0)
         log("gib", {f.name: sum(p.stat().st_size for p in f.glob("*.safetensors")) / 2 ** 30 for f, _ in folders})
         log("cache_dropped", drop_caches())
@@ -284,7 +300,8 @@ def main() -> None:
         res = timed_child(f"weights.update_metrics({str(base)!r}, {str(ckpt)!r})")
         df = res.pop("table")
         log("update_metrics", res)
-        known = {m: 1 - updated_positions(math.prod(s), args.stride) / math.prod(s) for m, s in MODULE_SHAPES.items()}
+        known = {m: 1 - updated_positions(math.prod(s), args.stride) / math.prod(s)
+                 for m, s in module_shapes(args.shrink).items()}
         log("update_unchanged_max_error", max(abs(r.unchanged_bitwise - known[r.module]) for r in df.itertuples()))
         log("update_overlap_top_range", [df.overlap_top.min(), df.overlap_top.max()])
         if args.with_diff:
