@@ -179,8 +179,8 @@ def test_report_and_rerun_behaviour(study):
     # The weight analyses: every SFT checkpoint, each SFT run's final one (spectral), each GRPO x SFT pair.
     assert planned_jobs(study, "--forcerun", "train_sft") == {
         "train_sft": 3, "diff": 4, "evaluate": 4, "kl": 4, "weights_update": 4, "weights_spectral": 3,
-        "weights_align": 3, "tables": 1, "weight_tables": 1, "forgetting": 1, "plots": 1, "weight_plots": 1, "all": 1,
-        "total": 31}
+        "weights_align": 3, "tables": 1, "weight_tables": 1, "forgetting": 1, "plots": 1, "weight_plots": 1,
+        "findings": 1, "all": 1, "total": 32}
     report = study / "report.html"
     snakemake(study, "--report", str(report))
     html = report.read_text(errors="replace")
@@ -247,3 +247,18 @@ def test_seeds_expand_into_runs_of_the_dag(tmp_path):
     stats = out.split("Job stats:", 1)[1].split("\n\n", 1)[0]
     jobs = {row.split()[0]: int(row.split()[1]) for row in stats.splitlines()[3:]}
     assert (jobs["train_grpo"], jobs["train_sft"], jobs["evaluate"]) == (2, 6, 13)  # 1 base + 2 x (2+2+1+1)
+
+
+def test_report_builds_without_docutils_errors_and_opens_on_the_findings(study):
+    """Snakemake's HTML report of the smoke study: every caption renders (docutils prints `(ERROR/3)` or
+    `(WARNING/2)` on stderr and keeps going otherwise), and its first paragraph links the findings page, which holds
+    each run's change from the base as summary.tsv gives it."""
+    proc = snakemake(study, "--report", str(study / "report.html"))
+    assert not [line for line in (proc.stdout + proc.stderr).splitlines() if "(ERROR/" in line or "(WARNING/" in line]
+    report = (study / "report.html").read_text()
+    assert "What the study found" in report and "findings.html" in report
+    page = (study / "results/report/findings.html").read_text()
+    summary = table(study, "summary.tsv").set_index("run")
+    sft = summary.loc["sft"]
+    assert f"{sft.out_of_domain_delta:+.3f} [{sft.out_of_domain_delta_low:+.3f}, " in page
+    assert page.count("data:image/png;base64,") == 3
