@@ -41,6 +41,23 @@ def test_the_shipped_configs_pass(path, known):
     assert preflight.trl_argument_errors(cfg, study_config.resolve_runs(cfg), known) == []
 
 
+def test_the_recorded_trl_arguments_are_the_installed_trls():
+    """Planning reads the record, not TRL; after a TRL upgrade this fails until the record is rewritten."""
+    record = yaml.safe_load(preflight.TRL_RECORD.read_text())
+    from importlib.metadata import version
+
+    assert record["trl"] == version("trl")
+    assert {m: set(record[m]) for m in preflight.TRL_CLASSES} == preflight.installed_trl_arguments()
+
+
+def test_planning_imports_neither_trl_nor_transformers_for_the_miniature():
+    code = ("import sys, yaml; from scalpel import config, preflight; cfg = yaml.safe_load(open(sys.argv[1])); "
+            "preflight.check(cfg, config.resolve_runs(cfg)); print(sorted(sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code, str(SMOKE)], capture_output=True, text=True, check=True,
+                            cwd=ROOT / "workflow").stdout
+    assert [m for m in ("trl", "transformers", "torch") if f"'{m}'" in loaded] == []
+
+
 def test_trl_arguments_are_the_dataclass_fields(known):
     assert {"learning_rate", "num_generations", "beta", "loss_type"} <= known["grpo"]
     assert {"learning_rate", "max_length", "completion_only_loss"} <= known["sft"]

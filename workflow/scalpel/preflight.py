@@ -1,22 +1,47 @@
 """Plan-time checks (the workflow's parse, so `snakemake -n` already fails) of what would otherwise fail only when a
-training job starts: TRL argument names, and freeze/train_only patterns against the base model's parameter names."""
+training job starts: TRL argument names, and freeze/train_only patterns against the base model's parameter names.
+
+Every `snakemake` invocation parses the workflow, so these checks stay cheap: the TRL argument names are recorded
+in `train/trl_arguments.json` for the pinned TRL (importing TRL costs seconds; tests/test_preflight.py checks the
+record against the installed TRL), and the miniature's parameter names come from its architecture, not from a
+model built by transformers. Only a hub or local base model, once its config.json is here, loads transformers.
+"""
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import fields
+from importlib.metadata import version
+from pathlib import Path
 
 from scalpel import hub
-from scalpel.train import params
 from scalpel.config import ConfigError
+from scalpel.train import params
 
 TRL_CLASSES = {"grpo": "GRPOConfig", "sft": "SFTConfig"}
+TRL_RECORD = Path(__file__).parent / "train/trl_arguments.json"
 
 
-def trl_arguments() -> dict[str, set[str]]:
+def installed_trl_arguments() -> dict[str, set[str]]:
     """method -> the argument names its TRL config dataclass takes (read from its fields, nothing instantiated)."""
     import trl
 
     return {method: {f.name for f in fields(getattr(trl, cls)) if f.init} for method, cls in TRL_CLASSES.items()}
+
+
+def record_trl_arguments(path: Path = TRL_RECORD) -> None:
+    """Write the installed TRL's argument names (after a TRL upgrade: `python -c "from scalpel import preflight;
+    preflight.record_trl_arguments()"`)."""
+    names = {method: sorted(known) for method, known in installed_trl_arguments().items()}
+    path.write_text(json.dumps({"trl": version("trl"), **names}, indent=0) + "\n")
+
+
+def trl_arguments() -> dict[str, set[str]]:
+    """The recorded names when they are the installed TRL's version's, else the installed TRL's own."""
+    record = json.loads(TRL_RECORD.read_text())
+    if record["trl"] != version("trl"):
+        return installed_trl_arguments()
+    return {method: set(record[method]) for method in TRL_CLASSES}
 
 
 def _unknown(args: dict, known: set[str], key: str, cls: str) -> list[str]:
@@ -47,27 +72,33 @@ def parameter_names(config: dict) -> tuple[list[str] | None, str]:
     Built on the meta device (no weights) from the miniature's `model.build`, or from the config.json of a hub model
     in the HF cache (after prefetch) or of a local folder: the module tree training will load, tying included.
     """
+    model = config["model"]
+    if model["base"] == "build":
+        return olmo2_parameter_names(model["build"]["num_hidden_layers"]), "the built OLMo-2 (model.build)"
+    found = hub.cached_model_config(config)
+    label = model["base"]
+    if found is None:
+        return None, f"{label} has no config.json in the HF cache yet (the prefetch rule fetches it)"
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = config["model"]
-    if model["base"] == "build":
-        from scalpel.model.base import olmo2_config
-
-        architecture = olmo2_config(model["build"], model["build"]["vocab_size"], 1, 0, 0)
-        label = "the built OLMo-2 (model.build)"
-    else:
-        found = hub.cached_model_config(config)
-        label = model["base"]
-        if found is None:
-            return None, f"{label} has no config.json in the HF cache yet (the prefetch rule fetches it)"
-        try:
-            architecture = AutoConfig.from_pretrained(found.parent)
-        except ValueError as err:  # an architecture this transformers does not know
-            return None, f"{label}: its config.json ({found}) is not one transformers can build ({err})"
+    try:
+        architecture = AutoConfig.from_pretrained(found.parent)
+    except ValueError as err:  # an architecture this transformers does not know
+        return None, f"{label}: its config.json ({found}) is not one transformers can build ({err})"
     with torch.device("meta"):
         net = AutoModelForCausalLM.from_config(architecture)
     return [n for n, _ in net.named_parameters()], label
+
+
+def olmo2_parameter_names(layers: int) -> list[str]:
+    """Olmo2ForCausalLM's parameter names in order, untied head (transformers' models/olmo2/modeling_olmo2.py; the
+    miniature's config, model.base.olmo2_config, unties it); tests/test_preflight.py compares them with a built one."""
+    per_layer = [f"self_attn.{m}.weight" for m in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")]
+    per_layer += [f"mlp.{m}_proj.weight" for m in ("gate", "up", "down")]
+    per_layer += ["post_attention_layernorm.weight", "post_feedforward_layernorm.weight"]
+    names = ["model.embed_tokens.weight"] + [f"model.layers.{i}.{n}" for i in range(layers) for n in per_layer]
+    return names + ["model.norm.weight", "lm_head.weight"]
 
 
 def pattern_errors(runs: dict[str, dict], names: list[str], label: str) -> list[str]:
