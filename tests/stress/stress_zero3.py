@@ -43,7 +43,8 @@ def _passed(run_dir: Path, returncode: int) -> tuple[bool, str]:
 
 
 def main(argv=None) -> None:
-    from scalpel import config, launch
+    from scalpel import launch
+    from scalpel.io import write_yaml
     from test_deepspeed import GLOBAL_BATCH, publish_command, sft_spec, train_args
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -56,7 +57,7 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     write_tiny_study(work)
     spec = sft_spec(GLOBAL_BATCH // 2, True)
-    config.write_yaml(spec, work / "spec.yaml")
+    write_yaml(spec, work / "spec.yaml")
     files = launch.write_launch_files(work / "launch", 3, 2, use_cpu=True, bf16=False, threshold=0,
                                       main_process_port=0)
     prefix = launch.train_command(spec["launch"], 2, files)
