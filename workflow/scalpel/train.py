@@ -193,8 +193,8 @@ def shutdown_ranks(failed: bool) -> bool:
 
     Called after training on every rank, so that no rank exits while the main process still saves or stamps the
     state: a launcher that sees one process exit non-zero kills the others and reports the whole run failed. This
-    does not end gloo's threads: DeepSpeed and accelerate still hold the groups, so their threads run until
-    interpreter exit; `exit_now` then leaves without tearing them down.
+    does not end gloo's threads: destroy_process_group only drops torch's own references to the groups
+    (pytorch/pytorch#96017), so their threads run until the process ends; `exit_now` then ends it.
     """
     import torch.distributed as dist
 
@@ -211,10 +211,10 @@ def exit_now(status: int) -> None:
     on a stop signal) and every rank has passed `shutdown_ranks`' final collective. Past that point a normal exit
     only tears down the libraries, and that teardown sometimes aborts a rank: `terminate called without an active
     exception` (SIGABRT, a C++ std::thread destroyed while still joinable,
-    https://en.cppreference.com/w/cpp/thread/thread/~thread) after the rank logged its end, a few times in 100 under
-    CPU load. The threads alive then are gloo's (`gloo_tcp_loop`, `pt_gloo_runloop`) of two process groups that
-    `destroy_process_group` unregistered but DeepSpeed and accelerate still reference, besides a jemalloc and tqdm
-    thread; the launcher (torch.distributed.elastic) reports any non-zero rank as a failed job, which the cluster
+    https://en.cppreference.com/w/cpp/thread/thread/~thread) after the rank logged its end, once in 8 runs under CPU
+    load. The native threads alive then are gloo's (`gloo_tcp_loop`, `pt_gloo_runloop`) of two process groups
+    that `destroy_process_group` unregistered but that are never destroyed, pyarrow's jemalloc thread and tqdm's
+    monitor; the launcher (torch.distributed.elastic) reports any non-zero rank as a failed job, which the cluster
     then retries. `os._exit` runs no atexit hook, thread join nor C++ static destructor
     (https://docs.python.org/3/library/os.html#os._exit): nothing of the training is lost, since every file it
     writes is complete (atomic renames) before this.
