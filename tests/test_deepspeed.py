@@ -311,3 +311,32 @@ def test_zero3_two_processes_match_one_process(tmp_path):
             assert full > 0 and shard == -(-full // 2), f"rank {rank}: {name} shard {shard} of {full}"
 
     assert_same_training(tmp_path / "base", runs["plain"]["dir"], runs["zero3"]["dir"])
+
+
+@pytest.mark.integration
+def test_stress_script_smallest_case(tmp_path):
+    """tests/stress/stress_zero3.py -n 1 without burners: the launcher exits 0 (so every rank did), both ranks log
+    their end, the state is stamped finished before publishing, and the published checkpoints are those of a plain
+    one-process run of the same training."""
+    import importlib.util
+
+    from scalpel.io import write_yaml
+
+    path = ROOT / "tests/stress/stress_zero3.py"
+    spec_ = importlib.util.spec_from_file_location("stress_zero3", path)
+    stress = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(stress)
+    work = tmp_path / "stress"
+    [result] = stress.main(["-n", "1", "--burners", "0", "--workdir", str(work)])
+    assert (result["passed"], result["why"], result["returncode"], result["stamped"]) == (True, "ok", 0, True)
+    assert result["max_diff"] == 0.0
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    s = sft_spec(GLOBAL_BATCH, False)
+    write_yaml(s, plain / "spec.yaml")
+    cmd = [*launch.train_command(s["launch"]), *train_args(plain / "spec.yaml", work / "base", work / "sft.jsonl",
+                                                           plain)]
+    _run(cmd, tmp_path, plain / "train.log")
+    _run(publish_command(plain / "spec.yaml", plain), tmp_path, plain / "publish.log")
+    assert_same_training(work / "base", plain, work / "run00")

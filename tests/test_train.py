@@ -158,3 +158,89 @@ def test_disk_full_errors_are_recognised_and_others_are_not(tmp_path):
         assert train.disk_full_error(err, state, 4) is not None
     assert train.disk_full_error(ValueError("a bug"), state, 4) is None
     assert train.disk_full_error(RuntimeError("file write failed"), state, 4) is None  # with space left
+
+
+# A rank of `scalpel train` whose trainer is a stand-in: it joins a 2-process gloo group as accelerate would, and
+# leaves behind what once turned a finished training into a failed job at interpreter teardown.
+RANK = '''
+import atexit, os, sys, threading, time
+from pathlib import Path
+from types import SimpleNamespace
+import torch.distributed as dist
+from scalpel import cli
+from scalpel.train import publish
+from scalpel.train import trainer as train
+
+rank = int(os.environ["RANK"])
+
+class Trainer:
+    def __init__(self, spec, base, data_file, state_dir):
+        dist.init_process_group("gloo", init_method="file://" + os.environ["INIT_FILE"], rank=rank, world_size=2)
+        self.spec, self.state_dir = spec, Path(state_dir)
+        self.args = SimpleNamespace(process_index=rank, world_size=2)
+        self.state = SimpleNamespace(global_step=spec["steps"], log_history=[{"step": spec["steps"], "loss": 1.0}])
+        self.callback_handler = SimpleNamespace(callbacks=[train.StopOnSignal()])
+
+    def train(self, resume_from_checkpoint=None):
+        for step in self.spec["checkpoint_steps"]:
+            (self.state_dir / f"exports/step-{step}").mkdir(parents=True, exist_ok=True)
+        print(f"metrics of rank {rank}")  # stdout into a file is block-buffered: lost unless flushed
+        if rank == 1:  # as a C++ std::thread destroyed while joinable does at teardown (the rank of the report)
+            atexit.register(os.abort)
+        else:  # a non-daemon thread: interpreter exit waits for it
+            threading.Thread(target=time.sleep, args=(3600,)).start()
+
+def slow_stamp(*args):
+    time.sleep(2)  # rank 1 must wait for the stamp (shutdown_ranks' collective) before it leaves
+    stamp(*args)
+
+stamp, train.mark_finished = train.mark_finished, slow_stamp
+train.build_trainer = Trainer
+cli.main(sys.argv[1:])
+'''
+
+
+def test_finished_ranks_exit_0_past_a_teardown_that_would_abort_or_hang(tmp_path):
+    """Each rank ends with `exit_now` once the state is stamped and every rank passed the final collective: exit 0,
+    logs and stdout flushed, even where interpreter teardown would abort (SIGABRT, rank 1) or wait for a thread
+    forever (rank 0). Before exit_now: [-6 (rank 1), hang (rank 0)]."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from datetime import datetime
+
+    from conftest import ROOT
+    from scalpel.io import write_yaml
+    from scalpel.train.publish import is_finished
+
+    spec = {"name": "sft", "steps": 4, "checkpoint_steps": [2, 4]}
+    write_yaml(spec, tmp_path / "spec.yaml")
+    (tmp_path / "rank.py").write_text(RANK)
+    cmd = [sys.executable, tmp_path / "rank.py", "train", "--spec", tmp_path / "spec.yaml", "--base", "unused",
+           "--data", "unused", "--state", tmp_path / "state"]
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", INIT_FILE=str(tmp_path / "init"),
+                   PYTHONPATH=str(ROOT / "workflow"), OMP_NUM_THREADS="1")
+        with open(tmp_path / f"rank{rank}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        codes = [p.wait(timeout=120) for p in procs[::-1]][::-1]
+    except subprocess.TimeoutExpired as err:
+        codes = [p.poll() for p in procs]
+        pytest.fail(f"a rank did not exit within {err.timeout} s: exit codes {codes}")
+    finally:
+        for p in procs:
+            p.kill()
+    logs = [(tmp_path / f"rank{rank}.log").read_text() for rank in (0, 1)]
+    assert codes == [0, 0], logs
+    assert is_finished(tmp_path / "state", spec)
+    for rank, text in enumerate(logs):
+        assert f"metrics of rank {rank}" in text
+        ended = re.search(rf"^(\S+ \S+) INFO scalpel.train.trainer: process {rank}: training of run sft finished",
+                          text, re.M)
+        assert ended, text
+        # the rank logged its end (then left) only after rank 0 stamped the state
+        stamped = (tmp_path / "state/finished").stat().st_mtime
+        assert datetime.strptime(ended[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() >= stamped - 0.01, rank

@@ -3,9 +3,12 @@
     python tests/stress/stress_zero3.py [-n 20] [--burners 2] [--workdir DIR]
 
 A run is the training rule's two commands, training under the launcher then publishing (run only when the launcher
-exited 0). It passes when both exit 0 and the run is published: checkpoints step-2 and step-4 with weights, the
-trainer log, and no state folder left. `--burners` busy-loop processes load the CPUs meanwhile (default: one per
-core), which makes exit-time races (a rank leaving while rank 0 still publishes) likelier. Not part of CI.
+exited 0, which it does only when every rank did). It passes when both exit 0, both ranks logged their end, the state
+was stamped finished before publishing, and the run is published: checkpoints step-2 and step-4 with weights, the
+trainer log, and no state folder left. Each run's weights are compared with the first run's (the same computation:
+equal). `--burners` busy-loop processes load the CPUs meanwhile (default: one per core), which makes exit-time races
+(a rank aborting in its teardown, a rank leaving while rank 0 still publishes) likelier. Exit status 0 when every run
+passed. CI runs its smallest case (tests/test_deepspeed.py).
 """
 from __future__ import annotations
 
@@ -29,9 +32,15 @@ def _burn():
         pass
 
 
-def _passed(run_dir: Path, returncode: int) -> tuple[bool, str]:
+def _passed(run_dir: Path, returncode: int, stamped: bool) -> tuple[bool, str]:
     if returncode != 0:
         return False, f"launcher exit {returncode}"
+    text = (run_dir / "train.log").read_text()
+    ended = [r for r in (0, 1) if f"process {r}: training of run sft finished" in text]
+    if ended != [0, 1]:
+        return False, f"ranks that logged their end: {ended}"
+    if not stamped:
+        return False, "state not stamped finished after training"
     missing = [s for s in (2, 4) if not list((run_dir / f"checkpoints/step-{s}").glob("*.safetensors"))]
     if missing:
         return False, f"no published weights for steps {missing}"
@@ -42,9 +51,20 @@ def _passed(run_dir: Path, returncode: int) -> tuple[bool, str]:
     return True, "ok"
 
 
-def main(argv=None) -> None:
-    from scalpel import config
+def _max_diff(a: Path, b: Path) -> float:
+    from test_deepspeed import _weights
+
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[n] - wb[n]).abs().max().item() for n in wa)
+
+
+def main(argv=None) -> list[dict]:
+    """Run the stress; return one record per run (`passed`, `why`, `returncode`, `stamped`, `seconds`, `dir`,
+    `max_diff`: the largest weight difference from the first passing run's published checkpoints)."""
     from scalpel.train import launch
+    from scalpel.io import write_yaml
+    from scalpel.train.publish import is_finished
     from test_deepspeed import GLOBAL_BATCH, publish_command, sft_spec, train_args
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,7 +77,7 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     write_tiny_study(work)
     spec = sft_spec(GLOBAL_BATCH // 2, True)
-    config.write_yaml(spec, work / "spec.yaml")
+    write_yaml(spec, work / "spec.yaml")
     files = launch.write_launch_files(work / "launch", 3, 2, use_cpu=True, bf16=False, threshold=0,
                                       main_process_port=0)
     prefix = launch.train_command(spec["launch"], 2, files)
@@ -68,7 +88,7 @@ def main(argv=None) -> None:
     burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(a.burners)]
     for b in burners:
         b.start()
-    passed = 0
+    results, first = [], None
     try:
         for i in range(a.n):
             d = work / f"run{i:02d}"
@@ -77,18 +97,27 @@ def main(argv=None) -> None:
             start = time.monotonic()
             with open(d / "train.log", "w") as log:
                 proc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+                stamped = is_finished(d / "state", spec)
                 if proc.returncode == 0:
                     proc = subprocess.run(publish_command(work / "spec.yaml", d), cwd=work, env=env, stdout=log,
                                           stderr=subprocess.STDOUT)
-            ok, why = _passed(d, proc.returncode)
-            passed += ok
-            print(f"run {i + 1:2d}/{a.n}: {'passed' if ok else 'FAILED'} ({why}) in {time.monotonic() - start:.0f} s"
-                  f" - {d / 'train.log'}", flush=True)
+            ok, why = _passed(d, proc.returncode, stamped)
+            diff = None
+            if ok:
+                first = first or d
+                diff = max(_max_diff(first / f"checkpoints/step-{s}", d / f"checkpoints/step-{s}") for s in (2, 4))
+            results.append({"passed": ok, "why": why, "returncode": proc.returncode, "stamped": stamped, "dir": d,
+                            "seconds": time.monotonic() - start, "max_diff": diff})
+            print(f"run {i + 1:2d}/{a.n}: {'passed' if ok else 'FAILED'} ({why}) in {results[-1]['seconds']:.0f} s,"
+                  f" max weight difference from run {first.name if first else '-'}: {diff} - {d / 'train.log'}",
+                  flush=True)
     finally:
         for b in burners:
             b.terminate()
-    print(f"{passed} of {a.n} passed (burners: {a.burners}, cores: {os.cpu_count()}, work: {work})")
+    print(f"{sum(r['passed'] for r in results)} of {a.n} passed (burners: {a.burners}, cores: {os.cpu_count()}, "
+          f"work: {work})")
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if all(r["passed"] for r in main()) else 1)

@@ -3,8 +3,8 @@
 Trainer state (optimizer, scheduler, RNG) and the checkpoints exported so far live in `state_dir`, which the
 workflow never declares as an output, so a killed job keeps them and a rerun resumes from the newest complete
 checkpoint. Training writes nothing else: once every rank is done, the main process stamps the state finished, all
-ranks leave the process group and exit 0, and only then does `scalpel publish` (publish.py) put the checkpoints in
-the declared outputs. A rerun finding the stamp trains nothing.
+ranks leave the process group and exit 0 (`exit_now`, past the libraries' teardown), and only then does `scalpel
+publish` (publish.py) put the checkpoints in the declared outputs. A rerun finding the stamp trains nothing.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -194,9 +195,9 @@ def shutdown_ranks(failed: bool) -> bool:
     """Wait for every rank, and agree whether any `failed`; then leave the process group (on every rank).
 
     Called after training on every rank, so that no rank exits while the main process still saves or stamps the
-    state: a launcher that sees one process exit non-zero kills the others and reports the whole run failed. The
-    process group is shut down here rather than torn down by interpreter exit, where a rank once died with
-    `terminate called without an active exception` (SIGABRT) after training.
+    state: a launcher that sees one process exit non-zero kills the others and reports the whole run failed. This
+    does not end gloo's threads: destroy_process_group only drops torch's own references to the groups
+    (pytorch/pytorch#96017), so their threads run until the process ends; `exit_now` then ends it.
     """
     import torch.distributed as dist
 
@@ -204,6 +205,30 @@ def shutdown_ranks(failed: bool) -> bool:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     return failed
+
+
+def exit_now(status: int) -> None:
+    """End this rank with `status` at once, its logs and output flushed, skipping interpreter teardown.
+
+    Called only once the training's outcome is durable: the main process has stamped the state (or every rank saved
+    on a stop signal) and every rank has passed `shutdown_ranks`' final collective. Past that point a normal exit
+    only tears down the libraries, and that teardown sometimes aborts a rank: `terminate called without an active
+    exception` (SIGABRT, a C++ std::thread destroyed while still joinable,
+    https://en.cppreference.com/w/cpp/thread/thread/~thread) after the rank logged its end, once in 8 runs under CPU
+    load. The native threads alive then are gloo's (`gloo_tcp_loop`, `pt_gloo_runloop`) of two process groups
+    that `destroy_process_group` unregistered but that are never destroyed, pyarrow's jemalloc thread and tqdm's
+    monitor; the launcher (torch.distributed.elastic) reports any non-zero rank as a failed job, which the cluster
+    then retries. `os._exit` runs no atexit hook, thread join nor C++ static destructor
+    (https://docs.python.org/3/library/os.html#os._exit): nothing of the training is lost, since every file it
+    writes is complete (atomic renames) before this.
+    """
+    logging.shutdown()  # flush and close the log handlers
+    for stream in (sys.stdout, sys.stderr):  # stdout is block-buffered into a job log (the trainer's metrics)
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def _arm_save_fault(trainer, state_dir: Path) -> None:
@@ -275,7 +300,9 @@ def build_trainer(spec: dict, base: str, data_file: str, state_dir: Path):
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
 
 
-def run(spec_file: str, base: str, data_file: str, state_dir: str) -> None:
+def run(spec_file: str, base: str, data_file: str, state_dir: str) -> int:
+    """Train (or find trained) the run of `spec_file` into `state_dir`; return the exit status: 0 when finished,
+    128 + the signal when stopped by one with the state saved. Raises on failure."""
     spec = yaml.safe_load(Path(spec_file).read_text())
     state_dir = Path(state_dir)
     rank = int(os.environ.get("RANK", "0"))
@@ -283,7 +310,7 @@ def run(spec_file: str, base: str, data_file: str, state_dir: str) -> None:
     resume = prepare_state_dir(state_dir, spec, is_main)
     if is_finished(state_dir, spec):
         log.info("run %s finished training already (%s): nothing to train, publish it", spec["name"], state_dir)
-        return
+        return 0
     exports = state_dir / "exports"
     if resume and is_main:  # a job killed between saving and exporting: export that checkpoint now
         step = int(Path(resume).name.split("-")[1])
@@ -320,8 +347,9 @@ def run(spec_file: str, base: str, data_file: str, state_dir: str) -> None:
     if stopper.stopped_by:
         log.warning("stopped at step %d with its state saved in %s: rerun to resume", trainer.state.global_step,
                     state_dir)
-        raise SystemExit(128 + stopper.stopped_by)
+        return 128 + stopper.stopped_by
     log.info("process %d: training of run %s finished, its state stamped in %s", rank, spec["name"], state_dir)
+    return 0
 
 
 def add_parser(subparsers) -> None:
@@ -335,4 +363,4 @@ def add_parser(subparsers) -> None:
 
 
 def main(args) -> None:
-    run(args.spec, args.base, args.data, args.state)
+    exit_now(run(args.spec, args.base, args.data, args.state))  # see exit_now: a clean end must not abort at teardown
