@@ -355,4 +355,4 @@ def test_seed_table_counts_verdicts_drops_bounds_and_stays_in_range():
     assert (update.low, update.high) == pytest.approx((0.0, 0.2 + t2 * 0.1 / math.sqrt(3)))
     verdict = seeds.loc["in_domain_delta_significant"]  # 2 of 3 seeds, no mean or interval
     assert (verdict.seeds_true, verdict.n_seeds) == (2, 3) and verdict["value@seed=1"] == False  # noqa: E712
-    assert math.isnan(verdict["mean"]) and math.isnan(verdict.low) and math.isnan(facts.seeds_true)
+    assert math.isnan(verdict["mean"]) and math.isnan(verdict.low) and pd.isna(facts.seeds_true)

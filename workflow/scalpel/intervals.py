@@ -159,7 +159,7 @@ def seed_table(summary: pd.DataFrame, runs: dict, columns: list[str], bounds: di
             seeds_true="sum", n_seeds="size")
         wide = long[is_verdict].pivot(index=["group", "quantity"], columns="seed", values="value")
         wide.columns = [f"value@seed={s}" for s in wide.columns]
-        out = pd.concat([out, counts.join(wide).reset_index()], ignore_index=True)
+        out = pd.concat([out, counts.join(wide).reset_index()], ignore_index=True).astype({"seeds_true": "Int64"})
     order = list(dict.fromkeys(long.group))
     return out.sort_values("group", key=lambda g: g.map(order.index), kind="stable", ignore_index=True)
 
