@@ -22,34 +22,45 @@ def write_samples(path, tasks):
                 fh.write(json.dumps({"task": task, "doc_id": i, "metrics": metrics}) + "\n")
 
 
-@pytest.fixture
-def results(tmp_path):
+def write_results(path, seeds=(None,), grpo_gain=(0.3,)):
+    """A results folder: every run once, or once per seed (<run>-seed<s>), GRPO gaining grpo_gain[s] on each maths
+    item; every other score, KL and update the same for every seed."""
     rng = np.random.default_rng(0)
-    (tmp_path / "tables").mkdir()
-    runs = {r: {"method": "grpo" if r == "grpo" else "sft", "checkpoint_steps": [2, s]} for r, s in RUNS.items()}
-    (tmp_path / "tables/spec.yaml").write_text(yaml.safe_dump({"runs": runs}))
+    (path / "tables").mkdir()
     maths = {"base": rng.uniform(0, 0.5, 40)}
-    maths["grpo"] = maths["base"] + 0.3
     facts = {"base": np.ones(30), "grpo": np.r_[np.zeros(1), np.ones(29)], "sft": np.r_[np.zeros(15), np.ones(15)]}
     probes = {"base": np.ones(20), "grpo": np.ones(20), "sft": np.zeros(20)}
-    for run in ["base", *RUNS]:
-        step = 0 if run == "base" else RUNS[run]
-        write_samples(tmp_path / f"eval/{run}/step-{step}.samples.jsonl", {
-            "mini_math_l1": ("pass@1", maths.get(run, maths["base"])[:20]),
-            "mini_math_l2": ("pass@1", maths.get(run, maths["base"])[20:]),
-            "mini_math_l3": ("pass@1", maths["base"][:20]),
-            "mini_facts": ("acc", facts.get(run, facts["sft"])),
-            "mini_instructions": ("prompt_level_strict_acc", probes.get(run, probes["sft"]))})
-        if run != "base":
-            kl = np.full(10, 0.1) if run == "grpo" else np.linspace(0.2, 0.4, 10)
-            (tmp_path / f"kl/{run}").mkdir(parents=True)
-            (tmp_path / f"kl/{run}/step-{step}.json").write_text(json.dumps({"per_example": kl.tolist()}))
-            (tmp_path / f"diff/{run}").mkdir(parents=True)
-            scale = 1.0 if run == "grpo" else 3.0
-            pd.DataFrame({"layer": np.repeat([0, 1], 2), "module": ["q_proj", "k_proj"] * 2,
-                          "rel_update": scale * np.array([0.01, 0.02, 0.03, 0.04])}).to_parquet(
-                tmp_path / f"diff/{run}/step-{step}.parquet")
-    return tmp_path
+    runs = {}
+    for seed, gain in zip(seeds, grpo_gain):
+        maths["grpo"] = maths["base"] + gain
+        for run in ["base", *RUNS] if not runs else RUNS:
+            name = run if seed is None or run == "base" else f"{run}-seed{seed}"
+            step = 0 if run == "base" else RUNS[run]
+            if run != "base":
+                runs[name] = {"method": "grpo" if run == "grpo" else "sft", "checkpoint_steps": [2, step],
+                              "group": run, "seed": seed or 0}
+            write_samples(path / f"eval/{name}/step-{step}.samples.jsonl", {
+                "mini_math_l1": ("pass@1", maths.get(run, maths["base"])[:20]),
+                "mini_math_l2": ("pass@1", maths.get(run, maths["base"])[20:]),
+                "mini_math_l3": ("pass@1", maths["base"][:20]),
+                "mini_facts": ("acc", facts.get(run, facts["sft"])),
+                "mini_instructions": ("prompt_level_strict_acc", probes.get(run, probes["sft"]))})
+            if run != "base":
+                kl = np.full(10, 0.1) if run == "grpo" else np.linspace(0.2, 0.4, 10)
+                (path / f"kl/{name}").mkdir(parents=True)
+                (path / f"kl/{name}/step-{step}.json").write_text(json.dumps({"per_example": kl.tolist()}))
+                (path / f"diff/{name}").mkdir(parents=True)
+                scale = 1.0 if run == "grpo" else 3.0
+                pd.DataFrame({"layer": np.repeat([0, 1], 2), "module": ["q_proj", "k_proj"] * 2,
+                              "rel_update": scale * np.array([0.01, 0.02, 0.03, 0.04])}).to_parquet(
+                    path / f"diff/{name}/step-{step}.parquet")
+    (path / "tables/spec.yaml").write_text(yaml.safe_dump({"runs": runs}))
+    return path
+
+
+@pytest.fixture
+def results(tmp_path):
+    return write_results(tmp_path)
 
 
 def test_claims_from_known_values(results):
@@ -95,3 +106,29 @@ def test_claims_command_writes_both_tables(results):
     assert (table[table.verdict.notna()].verdict == "pass").all()
     curves = pd.read_csv(results / "tables/claims_pass_at_k.tsv", sep="\t")
     assert set(curves.run) == {"base", "grpo", "sft"} and set(curves.k) == {1, 2}
+    assert pd.read_csv(results / "tables/claims_seeds.tsv", sep="\t").empty  # no seeds: no seeded decision
+
+
+def test_claims_decided_over_seeds_that_disagree(tmp_path):
+    # GRPO gains 0.3, 0.2 and -0.1 on every maths item on seeds 0, 1, 2: each seed's test of 1a is exact (no item
+    # noise), two of three pass; over seeds the estimate is 0.4 / 3 with the seeds' variance 0.13 / 3 over S = 3
+    results = write_results(tmp_path, seeds=(0, 1, 2), grpo_gain=(0.3, 0.2, -0.1))
+    cli.main(["claims", "--results", results, "--in-domain", "mini_math_l1", "mini_math_l2",
+              "--untrained", "mini_math_l3", "--out", results / "tables/claims.tsv"])
+    first = pd.read_csv(results / "tables/claims.tsv", sep="\t").set_index(["claim", "task"])
+    assert first.loc[("1a", "mini_math_l1+mini_math_l2"), "estimate"] == pytest.approx(0.3)  # seed 0's
+    seeded = pd.read_csv(results / "tables/claims_seeds.tsv", sep="\t").set_index(["claim", "task"])
+    gain = seeded.loc[("1a", "mini_math_l1+mini_math_l2")]
+    half = 4.302652729911275 * math.sqrt(0.13 / 9)  # t(0.975, 2 df): the seeds carry all the noise
+    assert (gain.seeds_pass, gain.n_seeds, gain.df) == (2, 3, pytest.approx(2))
+    assert (gain.estimate, gain.se_items) == pytest.approx((0.4 / 3, 0), abs=1e-4)
+    assert (gain.ci_low, gain.ci_high) == pytest.approx((0.4 / 3 - half, 0.4 / 3 + half), abs=1e-4)
+    assert gain.verdict == "fail" and gain["estimate@seed=2"] == pytest.approx(-0.1)
+    facts = seeded.loc[("1b", "mini_facts")]  # the same on every seed: the one seed's items, t with 29 df
+    se = np.r_[-1, np.zeros(29)].std(ddof=1) / math.sqrt(30)
+    assert (facts.seeds_pass, facts.se_seeds, facts.df, facts.verdict) == (3, 0, pytest.approx(29), "pass")
+    assert facts.ci_high == pytest.approx(-1 / 30 + 2.045230 * se, abs=1e-4)
+    decided = seeded[seeded.criterion != "reported"]
+    assert set(decided.index.get_level_values("claim")) == {"1a", "1b", "2", "3a", "3b", "4"}
+    assert (decided.drop(("1a", "mini_math_l1+mini_math_l2")).verdict == "pass").all()
+    assert seeded.loc[("4", "mini_instructions"), "seeds_pass"] == 3

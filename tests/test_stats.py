@@ -238,3 +238,23 @@ def test_benjamini_hochberg():
     assert adjusted[:4] == pytest.approx([0.025, 0.05, 0.05, 0.025]) and adjusted[5] == pytest.approx(0.2)
     assert math.isnan(adjusted[4])
     assert list(significant) == [True, False, False, True, False, False]
+
+
+def test_seeded_difference_adds_item_and_seed_variance():
+    # three seeds disagree on the same four items: seed estimates 1/2, 3/4, 1/4
+    per_seed = [[np.array([1, 0, 0, 1])], [np.array([1, 1, 0, 1])], [np.array([0, 0, 0, 1])]]
+    out = stats.seeded_difference(per_seed)
+    # items: D = (2/3, 1/3, 0, 1), sd^2 = 5/27, over n = 4; seeds: sd^2 of (1/2, 3/4, 1/4) = 1/16, over S = 3
+    v_items, v_seeds = Fraction(5, 108), Fraction(1, 48)
+    df = (v_items + v_seeds) ** 2 / (v_items ** 2 / 3 + v_seeds ** 2 / 2)
+    half = sps.t.ppf(0.975, float(df)) * math.sqrt(v_items + v_seeds)
+    assert out["diff"] == pytest.approx(0.5) and out["df"] == pytest.approx(float(df))
+    assert (out["se_items"] ** 2, out["se_seeds"] ** 2) == pytest.approx((float(v_items), float(v_seeds)))
+    assert (out["low"], out["high"]) == pytest.approx((0.5 - half, 0.5 + half))
+    assert (out["n"], out["n_seeds"]) == (4, 3)
+    # seeds that agree exactly: the items' interval alone, t with n - 1 degrees of freedom; two parts: their mean
+    same = stats.seeded_difference([[np.array([1.0, 0, 0, 1]), np.array([0.5, 0.5])]] * 2)
+    assert same["se_seeds"] == 0 and same["df"] == pytest.approx(3) and same["diff"] == pytest.approx(0.5)
+    assert same["se_items"] == pytest.approx(math.sqrt(1 / 3 / 4) / 2)
+    with pytest.raises(ValueError, match="two seeds or more"):
+        stats.seeded_difference(per_seed[:1])

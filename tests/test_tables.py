@@ -339,3 +339,23 @@ def test_pass_at_k_curves_from_correct_counts_and_paired_deltas(tmp_path):
                                   tmp_path / "p.png")
     lines = {line.get_label(): line for line in axes["maths"].get_lines()}
     assert list(lines["grpo (grpo)"].get_ydata()) == pytest.approx([0.5, 0.5, 0.5, 0.5])
+
+
+def test_seed_table_counts_verdicts_drops_bounds_and_stays_in_range():
+    runs = {f"g-seed{s}": {"group": "g", "seed": s} for s in (0, 1, 2)}
+    summary = pd.DataFrame({"run": ["base", "g-seed0", "g-seed1", "g-seed2"], "facts": [1.0, 1.0, 1.0, 0.97],
+                            "facts_low": [0.9, 0.9, 0.9, 0.8], "facts_high": 1.0,
+                            "in_domain_delta_significant": [math.nan, True, False, True],
+                            "mean_rel_update": [math.nan, 0.1, 0.2, 0.3]})
+    seeds = intervals.seed_table(summary, runs, list(summary.columns[1:]), tables.seed_bounds({"facts": "acc"}))
+    seeds = seeds.set_index("quantity")
+    assert list(seeds.index) == ["facts", "mean_rel_update", "in_domain_delta_significant"]  # no bounds averaged
+    t2 = 4.302652729911275  # t(0.975, 2 df)
+    facts = seeds.loc["facts"]  # mean 0.99, sd sqrt(3) / 100: the t interval [0.947, 1.033] is cut at 1
+    assert (facts["mean"], facts.sd) == pytest.approx((0.99, math.sqrt(3) / 100))
+    assert (facts.low, facts.high) == pytest.approx((0.99 - t2 / 100, 1.0))
+    update = seeds.loc["mean_rel_update"]  # 0.2 +- t2 * 0.1 / sqrt(3), cut at 0
+    assert (update.low, update.high) == pytest.approx((0.0, 0.2 + t2 * 0.1 / math.sqrt(3)))
+    verdict = seeds.loc["in_domain_delta_significant"]  # 2 of 3 seeds, no mean or interval
+    assert (verdict.seeds_true, verdict.n_seeds) == (2, 3) and verdict["value@seed=1"] == False  # noqa: E712
+    assert math.isnan(verdict["mean"]) and math.isnan(verdict.low) and pd.isna(facts.seeds_true)

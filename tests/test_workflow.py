@@ -233,6 +233,20 @@ def test_tables_carry_intervals_and_paired_differences(study):
     assert set(diffs[diffs.comparison == "run vs run"].task) >= {"mini_facts", "out-of-domain mean"}
 
 
+def test_three_seeds_of_the_miniature_plan_the_claims(tmp_path):
+    """`snakemake -n --profile profiles/local --config train_seeds=3` (in an empty folder) decides the claims."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(ROOT / "config/config.yaml"), "--profile",
+                           str(ROOT / "profiles/local"), "--config", "train_seeds=3", "-n"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    stats = out.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    jobs = {row.split()[0]: int(row.split()[1]) for row in stats.splitlines()[3:]}
+    assert (jobs["claims"], jobs["train_grpo"], jobs["train_sft"]) == (1, 3, 12)
+    assert "results/tables/claims_seeds.tsv" in out and "results/runs/grpo-seed2/spec.yaml" in out
+
+
 def test_seeds_expand_into_runs_of_the_dag(tmp_path):
     seeded = tmp_path / "seeds.yaml"
     seeded.write_text(SMOKE.read_text() + "train_seeds: [1, 2]\n")

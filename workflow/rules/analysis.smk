@@ -54,6 +54,7 @@ if MINIATURE_CLAIMS:
         output:
             claims=report("results/tables/claims.tsv", caption="../report/claims.rst", category="Tables"),
             pass_at_k=report("results/tables/claims_pass_at_k.tsv", caption="../report/claims.rst", category="Tables"),
+            seeds=report("results/tables/claims_seeds.tsv", caption="../report/claims.rst", category="Tables"),
         log:
             "logs/claims/claims.log",
         localrule: True

@@ -341,6 +341,32 @@ def seed_summary(frame: pd.DataFrame, value_col: str, by: list[str], seed_col: s
     return out.join(wide).reset_index()
 
 
+def seeded_difference(per_seed: list[list[np.ndarray]], level: float = 0.95) -> dict:
+    """A paired difference measured on the same items for each of S training seeds, with an interval that carries
+    the noise of both: per_seed[s][p] holds seed s's per-item differences on part p (a task; the estimate is the
+    mean over parts of each part's mean, the parts' items disjoint, each part's items the same for every seed).
+
+    Items and seeds are crossed, so the variance of the seed-averaged estimate is an item part plus a seed part
+    (two-way crossed random effects, e.g. Searle, Casella & McCulloch 1992, "Variance Components", ch. 4):
+    v_items = sum_p sd(D_pi)^2 / n_p / P^2 with D_pi the item's difference averaged over seeds, and
+    v_seeds = sd(e_s)^2 / S with e_s the seed's own estimate (the item x seed interaction enters both: conservative).
+    The critical value is t with Satterthwaite's (1946) degrees of freedom, (sum v)^2 / sum(v_k^2 / df_k), df_p =
+    n_p - 1 and S - 1 for the seeds. Returns diff, low, high, se_items, se_seeds, df, n (items) and n_seeds."""
+    seeds, parts = len(per_seed), len(per_seed[0])
+    if seeds < 2 or any(len(p) != parts or [len(x) for x in p] != [len(x) for x in per_seed[0]] for p in per_seed):
+        raise ValueError("seeded_difference: needs two seeds or more, each with the same parts and items")
+    means = [np.mean([np.asarray(p[k], float) for p in per_seed], axis=0) for k in range(parts)]
+    v_parts = [m.var(ddof=1) / len(m) / parts ** 2 for m in means]
+    own = [np.mean([np.mean(x) for x in p]) for p in per_seed]
+    v_seeds = float(np.var(own, ddof=1)) / seeds
+    comps = list(zip(v_parts + [v_seeds], [len(m) - 1 for m in means] + [seeds - 1]))
+    total = sum(v for v, _ in comps)
+    df = total ** 2 / sum(v ** 2 / k for v, k in comps if v > 0) if total > 0 else math.inf
+    diff, half = float(np.mean(own)), float(stats.t.ppf((1 + level) / 2, df)) * math.sqrt(total)
+    return {"diff": diff, "low": diff - half, "high": diff + half, "se_items": math.sqrt(sum(v_parts)),
+            "se_seeds": math.sqrt(v_seeds), "df": df, "n": sum(len(m) for m in means), "n_seeds": seeds}
+
+
 def benjamini_hochberg(p_values, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Adjusted p-values (Benjamini & Hochberg 1995) and which comparisons are significant at false discovery rate
     `alpha`; NaN p-values stay NaN and are not counted.

@@ -10,7 +10,8 @@
 - `pass_at_k_table`: tasks scored with K > 1 samples per problem: pass@k for k = 1..K with its interval, and each
   checkpoint's change from the base at every k, paired over problems (does training raise pass@1 more than
   pass@K? the paper's "amplifies vs replaces" question).
-- `seed_table`: runs repeated over seeds, aggregated per configured run (mean, sd and a t interval over seeds).
+- `seed_table`: runs repeated over seeds, aggregated per configured run: quantities with mean, sd and a t interval
+  over seeds kept inside the quantity's range; verdicts as counts of seeds.
 
 A score without items (a metric lm-eval aggregates other than by a mean) keeps lm-eval's stderr and a normal
 interval, marked `lm-eval stderr`.
@@ -133,16 +134,34 @@ def _keep(res: dict) -> dict:
     return {k: res[k] for k in keys if k in res}
 
 
-def seed_table(summary: pd.DataFrame, runs: dict, columns: list[str]) -> pd.DataFrame:
-    """Runs repeated over seeds: per configured run (group) and column of `summary`, the mean, sd, t interval
-    over seeds and each seed's value. Empty when no run has several seeds."""
+def seed_table(summary: pd.DataFrame, runs: dict, columns: list[str], bounds: dict | None = None) -> pd.DataFrame:
+    """Runs repeated over seeds, per configured run (group) and column of `summary`, with each seed's value:
+    a quantity's mean, sd, min, max and 95% t interval over seeds, cut to its range in `bounds` ({column: (low,
+    high)}; the mean over seeds lies in the range, so the cut interval covers it whenever the t interval does); a
+    verdict (a column of true/false) as the count of seeds where it is true (`seeds_true`). An interval's bounds
+    (<column>_low and _high beside <column>) are no quantity and are left out. Empty when no run has several seeds."""
+    columns = [c for c in columns if c in summary and not (c.endswith("_low") and c[:-4] in columns)
+               and not (c.endswith("_high") and c[:-5] in columns)]
     seeded = summary[summary.run.map(lambda r: r in runs and runs[r].get("group", r) != r)]
     if seeded.empty:
-        return pd.DataFrame(columns=["group", "quantity", "mean", "sd", "min", "max", "n_seeds", "low", "high"])
+        return pd.DataFrame(columns=["group", "quantity", "mean", "sd", "min", "max", "n_seeds", "low", "high",
+                                     "seeds_true"])
     long = seeded.assign(group=seeded.run.map(lambda r: runs[r]["group"]),
                          seed=seeded.run.map(lambda r: runs[r]["seed"]))
-    long = long.melt(id_vars=["group", "seed"], value_vars=[c for c in columns if c in long], var_name="quantity")
-    return stats.seed_summary(long, "value", ["group", "quantity"])
+    long = long.melt(id_vars=["group", "seed"], value_vars=columns, var_name="quantity")
+    verdicts = [c for c in columns if seeded[c].map(lambda v: isinstance(v, (bool, np.bool_))).all()]
+    is_verdict = long.quantity.isin(verdicts)
+    out = stats.seed_summary(long[~is_verdict].astype({"value": float}), "value", ["group", "quantity"])
+    low, high = zip(*out.quantity.map(lambda q: (bounds or {}).get(q, (-math.inf, math.inf))))
+    out["low"], out["high"] = np.maximum(out.low, low), np.minimum(out.high, high)
+    if is_verdict.any():
+        counts = long[is_verdict].astype({"value": bool}).groupby(["group", "quantity"], sort=False).value.agg(
+            seeds_true="sum", n_seeds="size")
+        wide = long[is_verdict].pivot(index=["group", "quantity"], columns="seed", values="value")
+        wide.columns = [f"value@seed={s}" for s in wide.columns]
+        out = pd.concat([out, counts.join(wide).reset_index()], ignore_index=True).astype({"seeds_true": "Int64"})
+    order = list(dict.fromkeys(long.group))
+    return out.sort_values("group", key=lambda g: g.map(order.index), kind="stable", ignore_index=True)
 
 
 def _per_item_pass(rows: pd.DataFrame) -> tuple[int, np.ndarray, pd.Series]:

@@ -140,6 +140,13 @@ def ratios(summary: pd.DataFrame, runs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["numerator", "denominator", "ratio"])
 
 
+def seed_bounds(primary: dict) -> dict:
+    """The range of each summary quantity: scores and domain means (every primary metric is a fraction) in [0, 1],
+    their changes in [-1, 1], relative updates >= 0."""
+    return {**{c: (0.0, 1.0) for c in [*primary, *intervals.DOMAINS]},
+            **{f"{d}_delta": (-1.0, 1.0) for d in intervals.DOMAINS}, "mean_rel_update": (0.0, float("inf"))}
+
+
 def seeded_mapping(mapping: dict, runs: dict) -> dict:
     """report.authors with a run repeated over seeds mapped seed by seed (its runs keep the configured name as
     `group`)."""
@@ -180,8 +187,8 @@ def main(args) -> None:
     write_tsv(scores, out / "scores.tsv")
     write_tsv(differences, out / "differences.tsv")
     write_tsv(intervals.pass_at_k_table(items), out / "pass_at_k.tsv")
-    write_tsv(intervals.seed_table(table, runs, [c for c in table.columns if c not in ("run", "method", "step")]),
-              out / "seeds.tsv")
+    write_tsv(intervals.seed_table(table, runs, [c for c in table.columns if c not in ("run", "method", "step")],
+                                   seed_bounds(primary)), out / "seeds.tsv")
     write_tsv(updates, out / "updates.tsv")
     means = module_means(updates)
     write_tsv(means, out / "update_module_means.tsv")
