@@ -13,13 +13,37 @@ from scalpel.report import claims
 RUNS = {"grpo": 4, "sft": 4, "sft_matched_lr": 4, "sft_frozen_mid_mlp": 4, "sft_qk_only": 4}
 
 
-def write_samples(path, tasks):
+def write_items(path, run, step, tasks):
+    """An eval table and its item table (as evaluate writes them) at path (step-N.tsv)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        for task, (metric, values) in tasks.items():
-            for i, v in enumerate(values):
-                metrics = {metric: v} if metric != "pass@1" else {"pass@1": v, "pass@2": min(1.0, 2 * v)}
-                fh.write(json.dumps({"task": task, "doc_id": i, "metrics": metrics}) + "\n")
+    items = []
+    for task, (metric, values) in tasks.items():
+        for i, v in enumerate(values):
+            metrics = {metric: v} if metric != "pass@1" else {"pass@1": v, "pass@2": min(1.0, 2 * v)}
+            items += [{"task": task, "metric": m, "item": str(i), "value": x, "cluster": str(i), "weight": 1.0,
+                       "samples": 1} for m, x in metrics.items()]
+    items = pd.DataFrame(items)
+    scores = items.groupby(["task", "metric"], as_index=False).value.mean().assign(run=run, step=step, stderr=0.0)
+    scores[["run", "step", "task", "metric", "value", "stderr"]].to_csv(path, sep="\t", index=False)
+    items.to_csv(path.with_suffix(".items.tsv"), sep="\t", index=False)
+    return items
+
+
+def write_pass_at_k(path, items: dict):
+    """pass_at_k.tsv rows (the tables rule's) for each (run, step) -> item table: pass@k's mean and the paired
+    difference to the base with a made-up interval of +-0.01."""
+    rows = []
+    base = items[("base", 0)]
+    for (run, step), table in items.items():
+        for task in ("mini_math_l1", "mini_math_l2", "mini_math_l3"):
+            for k in (1, 2):
+                mine = table[(table.task == task) & (table.metric == f"pass@{k}")].value
+                delta = mine.mean() - base[(base.task == task) & (base.metric == f"pass@{k}")].value.mean()
+                rows.append({"run": run, "step": step, "task": task, "k": k, "pass_at_k": mine.mean(), "low": 0,
+                             "high": 1, "n_items": len(mine), "delta": delta if run != "base" else None,
+                             "delta_low": delta - 0.01 if run != "base" else None,
+                             "delta_high": delta + 0.01 if run != "base" else None})
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
 
 
 def write_results(path, seeds=(None,), grpo_gain=(0.3,)):
@@ -30,7 +54,7 @@ def write_results(path, seeds=(None,), grpo_gain=(0.3,)):
     maths = {"base": rng.uniform(0, 0.5, 40)}
     facts = {"base": np.ones(30), "grpo": np.r_[np.zeros(1), np.ones(29)], "sft": np.r_[np.zeros(15), np.ones(15)]}
     probes = {"base": np.ones(20), "grpo": np.ones(20), "sft": np.zeros(20)}
-    runs = {}
+    runs, written = {}, {}
     for seed, gain in zip(seeds, grpo_gain):
         maths["grpo"] = maths["base"] + gain
         for run in ["base", *RUNS] if not runs else RUNS:
@@ -39,7 +63,7 @@ def write_results(path, seeds=(None,), grpo_gain=(0.3,)):
             if run != "base":
                 runs[name] = {"method": "grpo" if run == "grpo" else "sft", "checkpoint_steps": [2, step],
                               "group": run, "seed": seed or 0}
-            write_samples(path / f"eval/{name}/step-{step}.samples.jsonl", {
+            written[(name, step)] = write_items(path / f"eval/{name}/step-{step}.tsv", name, step, {
                 "mini_math_l1": ("pass@1", maths.get(run, maths["base"])[:20]),
                 "mini_math_l2": ("pass@1", maths.get(run, maths["base"])[20:]),
                 "mini_math_l3": ("pass@1", maths["base"][:20]),
@@ -55,6 +79,7 @@ def write_results(path, seeds=(None,), grpo_gain=(0.3,)):
                               "rel_update": scale * np.array([0.01, 0.02, 0.03, 0.04])}).to_parquet(
                     path / f"diff/{name}/step-{step}.parquet")
     (path / "tables/spec.yaml").write_text(yaml.safe_dump({"runs": runs}))
+    write_pass_at_k(path / "tables/pass_at_k.tsv", written)
     return path
 
 
@@ -82,30 +107,39 @@ def test_claims_from_known_values(results):
     assert by[("4", "base", "mini_instructions")].estimate == 1.0
 
 
-def test_pass_at_k_rows(results):
-    curves = claims.pass_at_k(claims.Study(results), ["mini_math_l1"], ["base", "grpo"])
-    assert sorted(curves.k.unique()) == [1, 2]
-    grpo = curves[(curves.run == "grpo") & (curves.k == 1)].iloc[0]
-    assert grpo.delta_vs_base == pytest.approx(0.3)
+def test_pass_at_k_rows_are_the_studys_pass_at_k_table(results):
+    """Claim 5 reads pass_at_k.tsv (the tables rule's), at k = 1 and the largest k, for grpo and sft."""
+    rows = pd.DataFrame(claims.pass_at_k(claims.Study(results), ["mini_math_l1"], ["grpo", "sft"]))
+    assert rows[["comparison", "metric"]].values.tolist() == [
+        ["grpo - base", "pass@1"], ["grpo - base", "pass@2"], ["sft - base", "pass@1"], ["sft - base", "pass@2"]]
+    grpo = rows.iloc[0]
+    assert (grpo.claim, grpo.estimate, grpo.n) == ("5", pytest.approx(0.3), 20)
+    assert (grpo.ci_low, grpo.ci_high) == (pytest.approx(0.29), pytest.approx(0.31))  # the table's own interval
+    table = pd.read_csv(results / "tables/pass_at_k.tsv", sep="\t")
+    table[table.run != "grpo"].to_csv(results / "tables/pass_at_k.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match="pass_at_k.tsv: no pass@k of grpo on mini_math_l1"):
+        claims.pass_at_k(claims.Study(results), ["mini_math_l1"], ["grpo"])
 
 
 def test_items_must_match(results):
-    path = results / "eval/grpo/step-4.samples.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    path.write_text("\n".join(json.dumps({**r, "doc_id": r["doc_id"] + 1}) for r in rows) + "\n")
+    path = results / "eval/grpo/step-4.items.tsv"
+    rows = pd.read_csv(path, sep="\t")
+    rows.assign(item=rows["item"] + 1).to_csv(path, sep="\t", index=False)
     with pytest.raises(ValueError, match="mini_math_l1: grpo and base were scored on different items"):
         claims.Study(results).paired("grpo", "base", "mini_math_l1", "pass@1")
 
 
-def test_claims_command_writes_both_tables(results):
+def test_claims_command_writes_the_claims_and_the_seeded_decision(results):
     out = results / "tables/claims.tsv"
     cli.main(["claims", "--results", results, "--in-domain", "mini_math_l1", "mini_math_l2",
               "--untrained", "mini_math_l3", "--out", out])
     table = pd.read_csv(out, sep="\t")
     assert set(table[table.verdict.notna()].claim) == {"1a", "1b", "2", "3a", "3b", "4"}
     assert (table[table.verdict.notna()].verdict == "pass").all()
-    curves = pd.read_csv(results / "tables/claims_pass_at_k.tsv", sep="\t")
-    assert set(curves.run) == {"base", "grpo", "sft"} and set(curves.k) == {1, 2}
+    pass_at_k = table[table.claim == "5"]
+    assert set(pass_at_k.comparison) == {"grpo - base", "sft - base"} and set(pass_at_k.metric) == {"pass@1", "pass@2"}
+    assert set(pass_at_k.task) == {"mini_math_l1", "mini_math_l2", "mini_math_l3"}
+    assert not (results / "tables/claims_pass_at_k.tsv").exists()  # one table per concept: pass_at_k.tsv
     assert pd.read_csv(results / "tables/claims_seeds.tsv", sep="\t").empty  # no seeds: no seeded decision
 
 

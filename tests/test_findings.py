@@ -14,11 +14,11 @@ SUMMARY = pd.DataFrame([
 ])
 CLAIMS = pd.DataFrame([
     {"claim": "1a", "comparison": "grpo - base", "task": "mini_math_l1+l2", "metric": "pass@1", "estimate": 0.164,
-     "low": 0.110, "high": 0.218, "criterion": "low > 0", "verdict": "pass"},
-    {"claim": "2", "comparison": "sft - grpo", "task": "ood", "metric": "mean", "estimate": -0.5, "low": -0.55,
-     "high": -0.44, "criterion": "high < 0", "verdict": "fail"},
+     "ci_low": 0.110, "ci_high": 0.218, "criterion": "low > 0", "verdict": "pass"},
+    {"claim": "2", "comparison": "sft - grpo", "task": "ood", "metric": "mean", "estimate": -0.5, "ci_low": -0.55,
+     "ci_high": -0.44, "criterion": "high < 0", "verdict": "fail"},
     {"claim": "5", "comparison": "grpo - base", "task": "mini_math_l1", "metric": "pass@16", "estimate": 0.0,
-     "low": None, "high": None, "criterion": "reported", "verdict": None},
+     "ci_low": None, "ci_high": None, "criterion": "reported", "verdict": None},
 ])
 
 
@@ -38,6 +38,18 @@ def test_page_counts_the_decided_claims_and_marks_verdicts(tmp_path):
     assert '<td class="pass">pass</td>' in html and '<td class="fail">fail</td>' in html
     assert "+0.164 [+0.110, +0.218]" in html and "+0.000</td>" in html  # no interval: the estimate alone
     assert "Beside the authors" not in html
+
+
+def test_seeded_claims_are_counted_over_seeds():
+    seeded = pd.DataFrame([
+        {"claim": "1a", "comparison": "grpo - base", "task": "l1+l2", "metric": "pass@1", "n_seeds": 3,
+         "estimate": 0.133, "ci_low": -0.1, "ci_high": 0.37, "criterion": "ci_low > 0", "seeds_pass": 2,
+         "verdict": "fail"},
+        {"claim": "3", "comparison": "grpo", "task": "KL", "metric": "kl", "n_seeds": 3, "estimate": 0.1,
+         "ci_low": None, "ci_high": None, "criterion": "reported", "seeds_pass": None, "verdict": None}])
+    html = findings.page(SUMMARY, CLAIMS, None, [], "Found", seeded)
+    assert "over 3 training seeds: 0 of 1 pass" in html and "<td>2 of 3</td>" in html
+    assert html.index("training seeds") < html.index("Pre-registered claims: 1 of 2")
 
 
 def test_the_command_embeds_figures_and_the_authors_numbers(tmp_path):

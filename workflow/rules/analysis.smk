@@ -43,31 +43,6 @@ rule kl:
         " {params.limit:q} --out {output:q} > {log:q} 2>&1"
 
 
-if MINIATURE_CLAIMS:
-
-    rule claims:
-        input:
-            evals=get_eval_files(),
-            diffs=get_diff_files(),
-            kl=get_kl_files(),
-            spec="results/tables/spec.yaml",
-        output:
-            claims=report("results/tables/claims.tsv", caption="../report/claims.rst", category="Tables"),
-            pass_at_k=report("results/tables/claims_pass_at_k.tsv", caption="../report/claims.rst", category="Tables"),
-            seeds=report("results/tables/claims_seeds.tsv", caption="../report/claims.rst", category="Tables"),
-        log:
-            "logs/claims/claims.log",
-        localrule: True
-        conda:
-            "../../envs/analysis.yaml"
-        params:
-            in_domain=[f"mini_math_l{n}" for n in config["data"]["synthetic"]["train_levels"]],
-            untrained=[f"mini_math_l{n}" for n in (1, 2, 3) if n not in config["data"]["synthetic"]["train_levels"]],
-        shell:
-            'python -m scalpel claims --results "$(dirname "$(dirname {input.spec:q})")"'
-            " --in-domain {params.in_domain:q} --untrained {params.untrained:q} --out {output.claims:q} > {log:q} 2>&1"
-
-
 # scalpel.analysis.weights: the update pass reads both folders once, streamed (0.5 GiB peak RSS at 7B); the spectral pass
 # decomposes the base once for all of a run's checkpoints it covers (config weights.spectral).
 rule weights_update:

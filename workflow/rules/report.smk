@@ -162,11 +162,44 @@ rule forgetting:
         " > {log:q} 2>&1"
 
 
+EVALUATED = {task for suite in config["eval"]["tasks"].values() for task in suite}
+
+if MINIATURE_CLAIMS:
+
+    rule claims:
+        input:
+            evals=get_eval_files(),
+            item_scores=get_item_files(),
+            pass_at_k="results/tables/pass_at_k.tsv",
+            diffs=get_diff_files(),
+            kl=get_kl_files(),
+            spec="results/tables/spec.yaml",
+        output:
+            claims=report("results/tables/claims.tsv", caption="../report/claims.rst", category="Tables"),
+            seeds=report("results/tables/claims_seeds.tsv", caption="../report/claims.rst", category="Tables"),
+        log:
+            "logs/claims/claims.log",
+        localrule: True
+        conda:
+            "../../envs/report.yaml"
+        params:
+            in_domain=[f"mini_math_l{n}" for n in config["data"]["synthetic"]["train_levels"]],
+            untrained=[
+                f"mini_math_l{n}"
+                for n in (1, 2, 3)
+                if n not in config["data"]["synthetic"]["train_levels"] and f"mini_math_l{n}" in EVALUATED
+            ],
+        shell:
+            'python -m scalpel claims --results "$(dirname "$(dirname {input.spec:q})")"'
+            " --in-domain {params.in_domain:q} --untrained {params.untrained:q} --out {output.claims:q} > {log:q} 2>&1"
+
+
 rule findings:
     input:
         summary="results/tables/summary.tsv",
         authors="results/tables/authors_comparison.tsv",
         claims=["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [],
+        seeds=["results/tables/claims_seeds.tsv"] if MINIATURE_CLAIMS else [],
         figures=[f"results/figures/{name}.png" for name in ("differences_final", "scores_final", "update_heatmaps")],
     output:
         report("results/report/findings.html", caption="../report/findings.rst", category="Findings"),
@@ -176,7 +209,9 @@ rule findings:
     conda:
         "../../envs/report.yaml"
     params:
-        claims=lambda wildcards, input: ["--claims", input.claims] if input.claims else [],
+        claims=lambda wildcards, input: (
+            ["--claims", input.claims, "--claims-seeds", input.seeds] if input.claims else []
+        ),
     shell:
         "python -m scalpel findings --summary {input.summary:q} --authors {input.authors:q} {params.claims:q}"
         " --figures {input.figures:q} --out {output:q} > {log:q} 2>&1"

@@ -2,10 +2,11 @@
 
 Paired 95% intervals (normal approximation, `stats.paired_difference`) over eval items, KL reference examples or
 weight matrices, between final checkpoints (the base at step 0); `verdict` says whether the pre-registered criterion
-holds. Beside the claims, `<out stem>_pass_at_k.tsv`: pass@k per maths level and run with the paired difference to
-the base, and `<out stem>_seeds.tsv`: with runs repeated over training seeds, each claim decided over seeds (per-seed
+holds. Each item's score is read from the item tables the evaluations wrote (`intervals.load_items`), and claim 5's
+pass@k rows from the study's `pass_at_k.tsv` (`intervals.pass_at_k_table`): nothing is scored twice. Beside the
+claims, `<out stem>_seeds.tsv`: with runs repeated over training seeds, each claim decided over seeds (per-seed
 verdicts as a count, one interval over items and seeds: `stats.seeded_difference`; empty without seeds). With seeds,
-the claims and pass@k tables are the first seed's.
+the claims table is the first seed's.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from scipy.stats import norm
 
 from scalpel import io, stats
 from scalpel.config import seeded_name
+from scalpel.report.intervals import load_items
 
 log = logging.getLogger(__name__)
 OOD = {"mini_facts": "acc", "mini_instructions": "prompt_level_strict_acc"}
@@ -38,7 +40,7 @@ class Study:
         self.results = Path(results)
         self.spec = io.read_yaml(self.results / "tables/spec.yaml")
         self.seed = seed
-        self._samples: dict[str, pd.DataFrame] = {}
+        self._items: dict[str, pd.DataFrame] = {}
 
     def seeds(self) -> list[int]:
         """The seeds of the runs repeated over seeds (none: no run was)."""
@@ -54,20 +56,19 @@ class Study:
     def final(self, run: str) -> int:
         return 0 if run == "base" else max(self.spec["runs"][self.run(run)]["checkpoint_steps"])
 
-    def samples(self, run: str) -> pd.DataFrame:
-        """One row per (task, item) of the run's final checkpoint: task, doc_id and the item's metric values."""
-        if run not in self._samples:
-            path = self.results / f"eval/{self.run(run)}/step-{self.final(run)}.samples.jsonl"
-            self._samples[run] = pd.DataFrame([{"task": r["task"], "doc_id": r["doc_id"], **r["metrics"]}
-                                               for r in io.read_jsonl(path)])
-        return self._samples[run]
+    def item_table(self, run: str) -> pd.DataFrame:
+        """The item table of the run's final checkpoint (task, metric, item, value, ...)."""
+        if run not in self._items:
+            self._items[run] = load_items([self.results / f"eval/{self.run(run)}/step-{self.final(run)}.tsv"])
+        return self._items[run]
 
     def items(self, run: str, task: str, metric: str) -> pd.Series:
-        """Per-item values of `metric` on `task`, indexed by doc_id."""
-        rows = self.samples(run)[self.samples(run).task == task]
-        if rows.empty or metric not in rows or rows[metric].isna().any():
-            raise ValueError(f"{self.run(run)}: no {metric} on {task} in its final samples.jsonl")
-        return rows.set_index("doc_id")[metric].sort_index()
+        """Per-item values of `metric` on `task`, indexed by item (lm-eval's doc_id)."""
+        table = self.item_table(run)
+        rows = table[(table.task == task) & (table.metric == metric)]
+        if rows.empty or rows.value.isna().any():
+            raise ValueError(f"{self.run(run)}: no {metric} on {task} in its final item table")
+        return rows.set_index("item").value.sort_index()
 
     def paired(self, a: str, b: str, task: str, metric: str) -> dict:
         d = self.differences(a, b, task, metric)
@@ -186,22 +187,21 @@ def seeded_claims(results, seeds: list[int], in_domain: list[str], untrained: li
     return pd.DataFrame(rows).reindex(columns=SEEDED + [c for c in rows[0] if c not in SEEDED])
 
 
-def pass_at_k(study: Study, tasks: list[str], runs: list[str]) -> pd.DataFrame:
-    """pass@k (the per-item unbiased estimates' mean) per task, run and k, with the paired difference to the base."""
+def pass_at_k(study: Study, tasks: list[str], runs: list[str]) -> list[dict]:
+    """Claim 5 (descriptive): each run's change in pass@k from the base at k = 1 and the largest k, per maths task,
+    as the study's pass@k table gives it for the final checkpoints."""
+    table = io.read_tsv(study.results / "tables/pass_at_k.tsv", dtype={"run": str, "task": str})
     rows = []
     for task in tasks:
-        base = study.samples("base")
-        metrics = base[base.task == task].dropna(axis=1, how="all").columns
-        ks = sorted(int(m.split("@")[1]) for m in metrics if m.startswith("pass@"))
         for run in runs:
-            for k in ks:
-                metric = f"pass@{k}"
-                est = (study.paired(run, "base", task, metric) if run != "base"
-                       else {"diff": math.nan, "low": math.nan, "high": math.nan})
-                score = float(study.items(run, task, metric).mean())
-                rows.append({"run": run, "task": task, "k": k, "pass_at_k": score, "delta_vs_base": est["diff"],
-                             "ci_low": est["low"], "ci_high": est["high"]})
-    return pd.DataFrame(rows)
+            hit = table[(table.run == study.run(run)) & (table.step == study.final(run)) & (table.task == task)]
+            if hit.empty:
+                raise ValueError(f"pass_at_k.tsv: no pass@k of {study.run(run)} on {task} (several samples needed)")
+            for k in sorted({1, int(hit.k.max())}):
+                r = hit[hit.k == k].iloc[0]
+                rows.append(_row("5", f"{run} - base", task, f"pass@{k}", {"diff": r.delta, "low": r.delta_low,
+                                                                          "high": r.delta_high, "n": r.n_items}))
+    return rows
 
 
 def add_parser(subparsers) -> None:
@@ -209,7 +209,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--results", required=True, help="a finished study's results folder")
     p.add_argument("--in-domain", nargs="+", required=True, help="the maths tasks of the trained levels")
     p.add_argument("--untrained", nargs="*", default=[], help="maths tasks of untrained levels (reported only)")
-    p.add_argument("--out", required=True, help="claims TSV; the pass@k table goes beside it")
+    p.add_argument("--out", required=True, help="claims TSV; the seeded decision goes beside it")
     p.set_defaults(func=main)
 
 
@@ -218,16 +218,15 @@ def main(args) -> None:
     study = Study(args.results, seeds[0] if seeds else None)
     out = Path(args.out)
     table = claims(study, args.in_domain, args.untrained)
+    table = pd.concat([table, pd.DataFrame(pass_at_k(study, args.in_domain + args.untrained, ["grpo", "sft"]))],
+                      ignore_index=True)
     seeded = (seeded_claims(args.results, seeds, args.in_domain, args.untrained) if len(seeds) > 1
               else pd.DataFrame(columns=SEEDED))
-    curves = pass_at_k(study, args.in_domain + args.untrained, ["base", "grpo", "sft"])
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, sep="\t", index=False, float_format="%.4g")
-    curves.to_csv(out.with_name(out.stem + "_pass_at_k.tsv"), sep="\t", index=False, float_format="%.4g")
     seeded.to_csv(out.with_name(out.stem + "_seeds.tsv"), sep="\t", index=False, float_format="%.4g")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         log.info("claims:\n%s", table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        log.info("pass@k:\n%s", curves.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         if not seeded.empty:
             log.info("over seeds %s:\n%s", seeds,
                      seeded[SEEDED].to_string(index=False, float_format=lambda v: f"{v:.4f}"))

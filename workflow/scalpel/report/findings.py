@@ -52,8 +52,23 @@ def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "claim": claims["claim"], "comparison": claims["comparison"],
         "on": claims["task"].fillna("") + " " + claims["metric"].fillna(""),
-        "estimate [95% CI]": [interval(e, lo, hi) for e, lo, hi in zip(claims.estimate, claims.low, claims.high)],
+        "estimate [95% CI]": [interval(e, lo, hi) for e, lo, hi in
+                              zip(claims.estimate, claims.ci_low, claims.ci_high)],
         "criterion": claims["criterion"], "verdict": claims["verdict"].fillna(""),
+    })
+
+
+def seeded_table(seeded: pd.DataFrame) -> pd.DataFrame:
+    """Each decided claim over training seeds: the seed-averaged estimate with its interval over items and seeds,
+    how many seeds pass on their own, and the verdict on the seed-averaged interval."""
+    decided = seeded[seeded.criterion.fillna("reported") != "reported"]
+    return pd.DataFrame({
+        "claim": decided["claim"], "comparison": decided["comparison"],
+        "on": decided["task"].fillna("") + " " + decided["metric"].fillna(""),
+        "estimate over seeds [95% CI]": [interval(e, lo, hi) for e, lo, hi in
+                                         zip(decided.estimate, decided.ci_low, decided.ci_high)],
+        "seeds passing": [f"{int(p)} of {int(n)}" for p, n in zip(decided.seeds_pass, decided.n_seeds)],
+        "criterion": decided["criterion"], "verdict": decided["verdict"].fillna(""),
     })
 
 
@@ -92,8 +107,16 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def page(summary: pd.DataFrame, claims: pd.DataFrame | None, authors: pd.DataFrame | None,
-         figures: list[tuple[Path, str]], title: str) -> str:
+         figures: list[tuple[Path, str]], title: str, seeded: pd.DataFrame | None = None) -> str:
     parts = [f"<h1>{html.escape(title)}</h1>"]
+    if seeded is not None and not seeded.empty:
+        table = seeded_table(seeded)
+        passed = int((table.verdict == "pass").sum())
+        parts += [f"<h2>Pre-registered claims over {int(seeded.n_seeds.iloc[0])} training seeds: {passed} of "
+                  f"{len(table)} pass</h2>",
+                  "<p class=note>The paired difference averaged over seeds, its 95% interval carrying the noise of "
+                  "the eval items and of the training seeds (docs/miniature-claims.md, \"Over training seeds\"); "
+                  "the table below is seed 0's.</p>", _table(table, "verdict")]
     if claims is not None and not claims.empty:
         decided = claims[claims.verdict.fillna("") != ""]
         passed = int((decided.verdict == "pass").sum())
@@ -128,6 +151,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--summary", required=True, help="summary.tsv")
     p.add_argument("--authors", help="authors_comparison.tsv")
     p.add_argument("--claims", help="claims.tsv (the miniature)")
+    p.add_argument("--claims-seeds", help="claims_seeds.tsv (the miniature over training seeds)")
     p.add_argument("--figures", nargs="*", default=[], help=f"any of {', '.join(FIGURES)}, in order")
     p.add_argument("--title", default="What the study found")
     p.add_argument("--out", required=True)
@@ -140,7 +164,8 @@ def main(args) -> None:
         raise SystemExit(f"scalpel findings: --figures: no caption for {', '.join(unknown)}")
     text = page(read_tsv(args.summary), read_tsv(args.claims) if args.claims else None,
                 read_tsv(args.authors) if args.authors else None,
-                [(Path(f), FIGURES[Path(f).name]) for f in args.figures], args.title)
+                [(Path(f), FIGURES[Path(f).name]) for f in args.figures], args.title,
+                read_tsv(args.claims_seeds) if args.claims_seeds else None)
     with atomic_output(args.out) as tmp:
         Path(tmp).write_text(text)
     log.info("findings page: %s", args.out)
