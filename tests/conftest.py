@@ -13,9 +13,9 @@ TINY_WORLD = {"max_operand": 9, "train_problems": 32, "eval_problems": 2, "entit
 
 def write_tiny_study(folder: Path) -> None:
     """A tiny untrained OLMo-2 base model in folder/base and 32 worked solutions in folder/sft.jsonl."""
-    from scalpel.model import base as model
     from scalpel.data import synthetic
     from scalpel.io import write_jsonl
+    from scalpel.model import base as model
 
     world = synthetic.build_world(0, TINY_WORLD)
     tok = model.build_tokenizer(synthetic.corpus_lines(world), 300)

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from scalpel import cli
 from scalpel.report import claims
 

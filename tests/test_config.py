@@ -2,11 +2,10 @@ import copy
 
 import pytest
 import yaml
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
-
 from conftest import ROOT
 from scalpel import config as study_config
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
 

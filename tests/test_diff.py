@@ -4,10 +4,9 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import Olmo2Config, Olmo2ForCausalLM
-
 from scalpel import cli
 from scalpel.analysis.diff import MODULES, relative_updates
+from transformers import Olmo2Config, Olmo2ForCausalLM
 
 LAYERS = 3
 TOUCHED = {(1, "up_proj"), (2, "q_proj")}

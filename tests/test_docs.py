@@ -4,7 +4,6 @@ import re
 import subprocess
 
 import yaml
-
 from conftest import ROOT
 
 

@@ -7,7 +7,6 @@ import tomllib
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(\[[\w,\-]+\])?==([^\s;]+)$")

@@ -1,9 +1,8 @@
 import math
 
 import pytest
-
-from scalpel.eval import evaluate
 from scalpel.data import synthetic
+from scalpel.eval import evaluate
 from scalpel.tasks import mini as tasks
 
 

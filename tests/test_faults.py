@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT, write_tiny_study
 from scalpel import faults
 from test_deepspeed import _weights

@@ -1,12 +1,10 @@
 """The paper config measures what the authors measured: the base model's template and the generation budget."""
 import pytest
-
 from conftest import ROOT
-from scalpel.eval import evaluate
-from scalpel.eval import lm_backends
-from scalpel.data import synthetic
-from scalpel.tasks import mini as tasks
 from scalpel.chat import OWN_TEMPLATE
+from scalpel.data import synthetic
+from scalpel.eval import evaluate, lm_backends
+from scalpel.tasks import mini as tasks
 from test_hub import OLMO_TEMPLATE  # OLMo-2-1124-7B-Instruct's own template as published
 
 PAPER = ROOT / "config/paper.yaml"
@@ -60,9 +58,8 @@ def test_own_base_template_needs_a_published_model():
     import copy
 
     import yaml
-    from snakemake.utils import validate
-
     from scalpel import config as study_config
+    from snakemake.utils import validate
 
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     validate(cfg, schema=str(ROOT / "workflow/schemas/config.schema.yaml"))

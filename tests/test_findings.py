@@ -1,7 +1,6 @@
 """The report's first page: claims, changes from the base and the authors' numbers as the tables give them."""
 import pandas as pd
 import pytest
-
 from scalpel import cli
 from scalpel.report import findings
 

@@ -11,15 +11,14 @@ import httpx
 import pytest
 import torch
 import yaml
-from huggingface_hub.errors import GatedRepoError
-from snakemake.utils import validate
-
 from conftest import ROOT, write_tiny_study
-from scalpel import chat, cli, config as study_config, hub, prefetch
-from scalpel.analysis import diff
-from scalpel.analysis import kl
-from scalpel.model import base as model
+from huggingface_hub.errors import GatedRepoError
+from scalpel import chat, cli, hub, prefetch
+from scalpel import config as study_config
+from scalpel.analysis import diff, kl
 from scalpel.data import openr1
+from scalpel.model import base as model
+from snakemake.utils import validate
 from test_openr1 import CARD, MATH500, ROWS, _write_shards
 
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")

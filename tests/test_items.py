@@ -3,11 +3,9 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import TINY_WORLD, write_tiny_study
-from scalpel.eval import evaluate
-from scalpel.eval import items
 from scalpel.data import synthetic
+from scalpel.eval import evaluate, items
 from scalpel.tasks import mini as tasks
 
 

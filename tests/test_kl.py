@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, decoders, models, trainers
-from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
-
 from scalpel import chat, cli
 from scalpel.analysis import kl
+from tokenizers import Tokenizer, decoders, models, trainers
+from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 

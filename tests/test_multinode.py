@@ -7,11 +7,10 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import ROOT, write_tiny_study
 from scalpel import config, slurm_preview
-from scalpel.train import launch
 from scalpel.io import write_yaml
+from scalpel.train import launch
 from test_deepspeed import GLOBAL_BATCH, _run, assert_same_training, publish_command, sft_spec, train_args
 from test_slurm import SMOKE, cluster, planned_resources, snakemake  # noqa: F401 (fixture)
 

@@ -5,12 +5,10 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from scalpel import chat, cli
-from scalpel.model import base as model
-from scalpel.data import openr1
-from scalpel.data import synthetic
+from scalpel.data import openr1, synthetic
 from scalpel.io import read_jsonl
+from scalpel.model import base as model
 
 # The 14 columns of OpenR1-Math-220k, in order (the dataset card of open-r1/OpenR1-Math-220k); `messages` structs
 # are content, role.

@@ -9,11 +9,10 @@ import re
 
 import pytest
 import yaml
-from snakemake.utils import validate
-
 from conftest import ROOT
 from scalpel import config as study_config
 from scalpel.train import params
+from snakemake.utils import validate
 
 PAPER = ROOT / "config/paper.yaml"
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
@@ -189,9 +188,8 @@ def test_qk_run_trains_q_k_and_the_output_head_as_the_authors(runs, olmo2_7b):
 @pytest.mark.parametrize("run", ["grpo", "sft", "sft_1epoch", "sft_matched_lr", "sft_frozen_mid_mlp", "sft_qk_only"])
 def test_trl_accepts_every_run(runs, run, tmp_path, monkeypatch):
     """The real GRPOConfig / SFTConfig take each run's arguments, with the batch derived for one 8-GPU node."""
-    from trl import GRPOConfig, SFTConfig
-
     from scalpel.train import trainer as train
+    from trl import GRPOConfig, SFTConfig
 
     monkeypatch.setenv("WORLD_SIZE", "8")
     spec = copy.deepcopy(runs[run])
@@ -219,7 +217,6 @@ def _task_config(manager, task: str) -> dict:
 def _manager():
     """lm-eval's task index as evaluate and prefetch search it (the shipped paper tasks included)."""
     from lm_eval.tasks import TaskManager
-
     from scalpel.eval.evaluate import task_paths
 
     return TaskManager(include_path=task_paths(None))

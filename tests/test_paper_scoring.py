@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from scalpel.tasks import paper_scoring
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "lighteval_scores.json").read_text())

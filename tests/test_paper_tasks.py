@@ -10,7 +10,6 @@ import json
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from scalpel.eval import evaluate
 from scalpel.tasks import paper as paper_tasks
@@ -303,7 +302,6 @@ def test_vllm_backend_passes_the_generator_lightevals_stops(manager, lm, task, v
     from types import SimpleNamespace
 
     from lm_eval.api.model import CacheHook
-
     from scalpel.eval.lm_backends import whole_prompt_vllm
 
     model = object.__new__(whole_prompt_vllm())

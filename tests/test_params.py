@@ -1,8 +1,7 @@
 import pytest
 import torch
-from transformers import Olmo2Config, Olmo2ForCausalLM
-
 from scalpel.train import params
+from transformers import Olmo2Config, Olmo2ForCausalLM
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from scalpel import chat
 from scalpel.io import read_jsonl

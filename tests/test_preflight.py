@@ -5,11 +5,10 @@ import sys
 
 import pytest
 import yaml
-from snakemake.utils import validate
-
 from conftest import ROOT, TINY_BUILD, write_tiny_study
 from scalpel import config as study_config
 from scalpel import preflight
+from snakemake.utils import validate
 from test_hub import _cache_repo
 
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")

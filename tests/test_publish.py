@@ -3,7 +3,6 @@ import json
 
 import pytest
 import yaml
-
 from scalpel.train import publish
 
 SPEC = {"name": "sft", "steps": 4, "checkpoint_steps": [2, 4]}

@@ -5,9 +5,8 @@ import re
 import docutils.utils
 import jinja2
 import pytest
-from docutils.core import publish_parts
-
 from conftest import ROOT
+from docutils.core import publish_parts
 
 CAPTIONS = sorted((ROOT / "workflow/report").glob("*.rst"))
 RULES = "".join(p.read_text() for p in (ROOT / "workflow/rules").glob("*.smk"))

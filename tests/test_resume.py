@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, write_tiny_study
 from scalpel import config
 from scalpel.io import write_yaml

@@ -1,7 +1,6 @@
 import threading
 
 import pytest
-
 from scalpel.tasks import rewards
 
 GOLD = "First, 3 * 4 = 12.\nSo the result is 12.\nThe answer is $\\boxed{12}$."

@@ -4,7 +4,6 @@ import json
 import shlex
 
 import yaml
-
 from conftest import ROOT
 from scalpel import slurm_preview
 

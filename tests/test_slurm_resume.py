@@ -9,11 +9,10 @@ import time
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from scalpel.train import launch
 from test_deepspeed import _run, _weights, publish_command, train_args
-from test_slurm import SMOKE, TEST_PROFILE, cancel_jobs_of, cluster, snakemake, sacct  # noqa: F401 (fixture)
+from test_slurm import SMOKE, TEST_PROFILE, cancel_jobs_of, cluster, sacct, snakemake  # noqa: F401 (fixture)
 
 STEPS, CHECKPOINTS = 24, 4  # a checkpoint every 6 steps; the signal follows the first, so 18 steps remain to stop in
 

@@ -7,9 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as sps
-
 from scalpel import stats
+from scipy import stats as sps
 
 Z95 = 1.959963984540054
 

@@ -2,10 +2,9 @@ import random
 import re
 
 import pytest
-
 from scalpel import chat
-from scalpel.tasks import rewards
 from scalpel.data import synthetic
+from scalpel.tasks import rewards
 
 CFG = dict(max_operand=9, entities=12, eval_problems=16, instruction_probes=12, train_problems=200,
            pretrain_worked_fraction=0.1,

@@ -4,13 +4,10 @@ import math
 import pandas as pd
 import pytest
 import yaml
-
 from scalpel import cli
-from scalpel.report import intervals
-from scalpel.report import plots
-from scalpel.report import tables
 from scalpel.analysis.diff import MODULES
 from scalpel.io import write_parquet, write_tsv
+from scalpel.report import intervals, plots, tables
 
 LAYERS = 2
 # A run name that looks like a number must survive a round trip through TSV as a string.

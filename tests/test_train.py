@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from scalpel.train import trainer as train
 
 

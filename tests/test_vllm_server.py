@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from scalpel.train import vllm_server
 
 

@@ -7,13 +7,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from scipy import stats
-from transformers import Olmo2Config, Olmo2ForCausalLM
-
 from scalpel import cli
-from scalpel.report import forgetting
 from scalpel.analysis.diff import MODULES
 from scalpel.io import write_tsv
+from scalpel.report import forgetting
+from scipy import stats
+from transformers import Olmo2Config, Olmo2ForCausalLM
 
 LAYERS = 2
 QK = ("q_proj", "k_proj")

@@ -9,7 +9,6 @@ import scipy.linalg
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-
 from scalpel import cli
 from scalpel.analysis import weights
 from scalpel.analysis.diff import MODULES, relative_updates

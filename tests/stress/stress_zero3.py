@@ -62,8 +62,8 @@ def _max_diff(a: Path, b: Path) -> float:
 def main(argv=None) -> list[dict]:
     """Run the stress; return one record per run (`passed`, `why`, `returncode`, `stamped`, `seconds`, `dir`,
     `max_diff`: the largest weight difference from the first passing run's published checkpoints)."""
-    from scalpel.train import launch
     from scalpel.io import write_yaml
+    from scalpel.train import launch
     from scalpel.train.publish import is_finished
     from test_deepspeed import GLOBAL_BATCH, publish_command, sft_spec, train_args
 

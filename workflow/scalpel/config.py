@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import math
 
-
 METHODS = ("grpo", "sft")
 BASE = "base"  # the base model's run name in every table and path; no run may take it
 

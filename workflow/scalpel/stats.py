@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-
 # ---------------------------------------------------------------------------------------------------- item scores
 
 def _per_row(values, rows: int, name: str) -> np.ndarray:

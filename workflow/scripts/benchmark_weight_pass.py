@@ -196,8 +196,9 @@ def timed_child(call: str, threads: int = 0) -> dict:
     code = CHILD.format(workflow=str(ROOT / "workflow"), call=call, threads=threads)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    import pandas as pd
     from io import StringIO
+
+    import pandas as pd
     result["table"] = pd.read_json(StringIO(result["table"]))
     return result
 

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
-from scalpel.io import check_safetensors, write_parquet
 from scalpel.analysis.matrices import MODULES, layer_module  # noqa: F401 (MODULES: this module's public name since the start)
+from scalpel.io import check_safetensors, write_parquet
 
 DEFAULT_CHUNK_ROWS = 1024
 DTYPE_POLICIES = ("cast", "refuse")  # config diff.dtype_mismatch

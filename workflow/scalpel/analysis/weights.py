@@ -43,8 +43,8 @@ import pandas as pd
 import torch
 
 from scalpel.analysis.diff import DTYPE_POLICIES, MODULES, layer_module
-from scalpel.io import check_safetensors, write_parquet
 from scalpel.analysis.tensor_stream import DEFAULT_CHUNK_BYTES, ChunkReader, TensorEntry, model_tensors
+from scalpel.io import check_safetensors, write_parquet
 
 RTOL = 1e-3
 ALPHA = 0.3

@@ -14,9 +14,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, Olmo2Config, Olmo2ForCausalLM, PreTrainedTokenizerFast
 
 from scalpel import hub
+from scalpel.chat import OWN_TEMPLATE, chat_template
 from scalpel.data import synthetic
 from scalpel.io import read_jsonl, write_json
-from scalpel.chat import OWN_TEMPLATE, chat_template
 
 log = logging.getLogger(__name__)
 BOS_EOS = "<|endoftext|>"  # OLMo-2: bos = eos = unk = <|endoftext|>

@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.colors import Normalize
+
 # Figure without pyplot renders through Agg and leaves the global backend alone.
 from matplotlib.figure import Figure
 
-from scalpel.config import BASE
 from scalpel.analysis.matrices import MODULES
+from scalpel.config import BASE
 from scalpel.io import atomic_output, read_yaml
 from scalpel.report.tables import add_spec_and_outdir, read_tsv
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pandas as pd
 
 from scalpel import io
+from scalpel.analysis.matrices import MODULES
+from scalpel.config import BASE
 from scalpel.eval import evaluate
+from scalpel.io import read_yaml, write_tsv
 from scalpel.report import intervals
 from scalpel.report.authors import compare
-from scalpel.config import BASE
-from scalpel.analysis.matrices import MODULES
-from scalpel.io import read_yaml, write_tsv
 
 # Names that must stay strings even when they look like numbers (a run called "1e-5").
 _TEXT = {"run": str, "task": str, "metric": str, "module": str, "method": str, "numerator": str, "denominator": str,

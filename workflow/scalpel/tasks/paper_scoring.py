@@ -52,8 +52,28 @@ from math_verify.errors import TimeoutException
 from math_verify.grader import should_treat_as_complex
 from math_verify.parser import make_latex_env_pattern
 from math_verify.utils import timeout as _signal_timeout
-from sympy import (And, Basic, E, Eq, FiniteSet, Float, GreaterThan, Interval, LessThan, MatrixBase, Mul, Number,
-                   Rational, Set, StrictGreaterThan, StrictLessThan, Symbol, Tuple, default_sort_key, ordered)
+from sympy import (
+    And,
+    Basic,
+    E,
+    Eq,
+    FiniteSet,
+    Float,
+    GreaterThan,
+    Interval,
+    LessThan,
+    MatrixBase,
+    Mul,
+    Number,
+    Rational,
+    Set,
+    StrictGreaterThan,
+    StrictLessThan,
+    Symbol,
+    Tuple,
+    default_sort_key,
+    ordered,
+)
 from sympy.core.function import UndefinedFunction
 from sympy.core.relational import Relational
 from sympy.matrices.expressions import MatrixExpr

@@ -23,10 +23,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from scalpel import config, faults
-from scalpel.train import params
-from scalpel.tasks import rewards
-from scalpel.train import vllm_server
 from scalpel.io import atomic_output, read_jsonl
+from scalpel.tasks import rewards
+from scalpel.train import params, vllm_server
 from scalpel.train.publish import clear_folder, is_finished, mark_finished, spec_hash
 
 log = logging.getLogger(__name__)
