@@ -161,3 +161,61 @@ def test_in_domain_defaults_to_the_math_suite_and_names_unknown_suites(default_c
     default_config["eval"]["in_domain"] = ["maths"]
     with pytest.raises(study_config.ConfigError, match=r"eval.in_domain names unknown suites: \['maths'\]"):
         study_config.eval_suites(default_config, final=True)
+
+
+def test_sweep_expands_a_run_into_one_named_run_per_combination(default_config):
+    default_config["runs"]["sft_matched_lr"]["sweep"] = {"learning_rate": [1.0e-5, 2.5e-3], "steps": [40, 120]}
+    validate(default_config, schema=SCHEMA)
+    runs = study_config.resolve_runs(default_config)
+    swept = [name for name in runs if runs[name]["sweep_of"] == "sft_matched_lr"]
+    assert swept == ["sft_matched_lr-lr1e-05-steps40", "sft_matched_lr-lr1e-05-steps120",
+                     "sft_matched_lr-lr0p0025-steps40", "sft_matched_lr-lr0p0025-steps120"]
+    one = runs["sft_matched_lr-lr0p0025-steps40"]
+    assert one["swept"] == {"learning_rate": 2.5e-3, "steps": 40} and one["group"] == one["name"]
+    assert one["args"]["learning_rate"] == 2.5e-3 and one["steps"] == 40 and one["checkpoint_steps"] == [20, 40]
+    # The run's own args (per_device_train_batch_size 32) and what it inherits from sft and train_defaults stay.
+    assert one["args"]["per_device_train_batch_size"] == 32 and one["method"] == "sft"
+    assert one["args"]["max_length"] == default_config["train_defaults"]["sft"]["max_length"]
+    assert "sft_matched_lr" not in runs and runs["sft"]["swept"] == {} and runs["sft"]["sweep_of"] == "sft"
+    # A run inheriting from a swept run does not inherit the sweep.
+    default_config["runs"]["child"] = {"inherit": "sft_matched_lr"}
+    assert [n for n in study_config.resolve_runs(default_config) if n.startswith("child")] == ["child"]
+
+
+def test_sweeps_and_seeds_combine(default_config):
+    default_config["runs"]["grpo"].update(sweep={"beta": [0.0, 0.04], "num_generations": [4]}, seeds=[0, 1])
+    runs = study_config.resolve_runs(default_config)
+    grpo = [name for name in runs if runs[name]["sweep_of"] == "grpo"]
+    assert grpo == ["grpo-beta0-gen4-seed0", "grpo-beta0-gen4-seed1", "grpo-beta0p04-gen4-seed0",
+                    "grpo-beta0p04-gen4-seed1"]
+    one = runs["grpo-beta0p04-gen4-seed1"]
+    assert one["group"] == "grpo-beta0p04-gen4" and one["seed"] == one["args"]["seed"] == 1
+    assert one["args"]["beta"] == 0.04 and one["args"]["num_generations"] == 4
+    assert one["swept"] == {"beta": 0.04, "num_generations": 4}
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"learning_rat": [1e-5]}, r"runs.grpo.sweep.learning_rat: not a run setting .* nor a TRL argument of grpo"),
+    ({"learning_rate": []}, r"runs.grpo.sweep.learning_rate: give a non-empty list"),
+    ({"learning_rate": [1e-5, 1.0e-5]}, r"runs.grpo.sweep.learning_rate repeats a value"),
+    ({"seed": [1, 2]}, r"runs.grpo.sweep.seed: not sweepable \(use runs.<name>.seeds\)"),
+    ({"max_steps": [10]}, r"runs.grpo.sweep.max_steps: not sweepable \(sweep steps\)"),
+    ({"checkpoints": [200]}, r"runs.grpo-ckpt200: checkpoints \(200\) exceeds steps \(120\)"),
+])
+def test_sweep_errors_name_the_key(default_config, sweep, message):
+    default_config["runs"]["grpo"]["sweep"] = sweep
+    with pytest.raises(study_config.ConfigError, match=message):
+        study_config.resolve_runs(default_config)
+
+
+def test_swept_names_may_not_clash(default_config):
+    default_config["runs"]["grpo"]["sweep"] = {"learning_rate": [1e-5, 2e-5]}
+    default_config["runs"]["grpo-lr2e-05"] = {"inherit": "sft"}
+    with pytest.raises(study_config.ConfigError,
+                       match=r"runs.grpo-lr2e-05: the name of sweep \{'learning_rate': 2e-05\} of run grpo is already"):
+        study_config.resolve_runs(default_config)
+    del default_config["runs"]["grpo-lr2e-05"]
+    default_config["runs"]["grpo"]["seeds"] = [0, 1]
+    default_config["runs"]["grpo-lr1e-05-seed1"] = {"inherit": "sft"}
+    with pytest.raises(study_config.ConfigError, match=r"runs.grpo-lr1e-05-seed1: the name of seed 1 of sweep"):
+        study_config.resolve_runs(default_config)

@@ -203,7 +203,7 @@ def get_kl_reference():
 
 
 def analysis_spec():
-    keys = ("method", "checkpoint_steps", "group", "seed")
+    keys = ("method", "checkpoint_steps", "group", "seed", "sweep_of", "swept")
     runs = {name: {key: spec[key] for key in keys} for name, spec in RUNS.items()}
     return {
         "runs": runs,

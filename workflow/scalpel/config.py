@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import json
 import math
+from pathlib import Path
 
 METHODS = ("grpo", "sft")
 BASE = "base"  # the base model's run name in every table and path; no run may take it
@@ -63,8 +66,8 @@ def _inherited(name: str, runs: dict, chain: tuple = ()) -> dict:
     if parent is None:
         return copy.deepcopy(run)
     merged = _deep_merge(_inherited(parent, runs, chain + (name,)), run)
-    # Freezing is a property of the variant, not of its parent.
-    for key in ("freeze", "train_only"):
+    # Freezing and sweeping are properties of the variant, not of its parent.
+    for key in ("freeze", "train_only", "sweep"):
         if key not in run:
             merged.pop(key, None)
     return merged
@@ -77,6 +80,7 @@ def resolve_run(config: dict, name: str) -> dict:
         raise ConfigError(f"no run named {name!r} under runs (runs: {', '.join(runs)})")
     run = _inherited(name, runs)
     run.pop("inherit", None)
+    run.pop("sweep", None)
     for key in ("method", "steps", "checkpoints"):
         if key not in run:
             raise ConfigError(f"runs.{name}.{key} is required (directly or through inherit)")
@@ -109,30 +113,114 @@ def seeded_name(name: str, seed: int) -> str:
     return f"{name}-seed{seed}"
 
 
+# Run settings a sweep may vary besides TRL arguments; every other swept key is a TRL argument of the run's method.
+SWEEP_SETTINGS = ("steps", "checkpoints", "global_batch_size")
+# Short forms of the usual swept keys in run names; any other key is written out.
+SWEEP_ABBREVIATIONS = {"learning_rate": "lr", "num_generations": "gen", "max_completion_length": "len",
+                       "global_batch_size": "batch", "checkpoints": "ckpt"}
+_NOT_SWEPT = {"seed": "use runs.<name>.seeds", "max_steps": "sweep steps", "output_dir": "set by the workflow",
+              "save_steps": "sweep checkpoints", "save_strategy": "set by the workflow"}
+
+
+def trl_arguments(method: str) -> set[str]:
+    """The arguments of TRL's GRPOConfig / SFTConfig (the list the package ships, train/trl_arguments.json)."""
+    return set(json.loads((Path(__file__).parent / "train/trl_arguments.json").read_text())[method])
+
+
+def sweep_value(value) -> str:
+    """A swept value as it appears in a run name: 5e-05 -> 5e-05, 0.0025 -> 0p0025, True -> true."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}".replace(".", "p").replace("+", "")
+    return str(value).replace(".", "p")
+
+
+def swept_name(name: str, swept: dict) -> str:
+    """<run>-<key><value>-..., in the sweep's key order: grpo-lr5e-05-steps40."""
+    return "-".join([name] + [f"{SWEEP_ABBREVIATIONS.get(k, k)}{sweep_value(v)}" for k, v in swept.items()])
+
+
+def sweep_combinations(config: dict, name: str) -> list[dict]:
+    """Every combination of `runs.<name>.sweep` ({key: [values]}) as {key: value}, in the order of the product over
+    the keys as written; [{}] for a run without a sweep. Errors name the swept key."""
+    sweep = config["runs"][name].get("sweep")
+    if not sweep:
+        return [{}]
+    method = _inherited(name, config["runs"]).get("method")
+    known = trl_arguments(method) if method in METHODS else set()
+    for key, values in sweep.items():
+        where = f"runs.{name}.sweep.{key}"
+        if key in _NOT_SWEPT:
+            raise ConfigError(f"{where}: not sweepable ({_NOT_SWEPT[key]})")
+        if key not in SWEEP_SETTINGS and key not in known:
+            raise ConfigError(f"{where}: not a run setting ({', '.join(SWEEP_SETTINGS)}) nor a TRL argument of "
+                              f"{method} runs")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: give a non-empty list of values")
+        shown = [sweep_value(v) for v in values]
+        if len(set(shown)) != len(shown):
+            raise ConfigError(f"{where} repeats a value: {values}")
+        bad = [s for s in shown if not all(c.isalnum() or c in "_-" for c in s)]
+        if bad:
+            raise ConfigError(f"{where}: value {bad[0]!r} cannot be part of a run name (letters, digits, _ and -)")
+    return [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())]
+
+
+def _resolve_swept(config: dict, name: str, swept: dict) -> dict:
+    """The spec of one combination of a run's sweep: the run's own settings (inheritance included) with the swept
+    values in place, validated as any run."""
+    if not swept:
+        return {**resolve_run(config, name), "sweep_of": name, "swept": {}}
+    entry = copy.deepcopy(config["runs"][name])
+    entry.pop("sweep")
+    for key, value in swept.items():
+        if key in SWEEP_SETTINGS:
+            entry[key] = value
+        else:
+            entry.setdefault("args", {})[key] = value
+    one = swept_name(name, swept)
+    spec = resolve_run({**config, "runs": {**config["runs"], one: entry}}, one)
+    return {**spec, "sweep_of": name, "swept": dict(swept)}
+
+
 def resolve_runs(config: dict) -> dict[str, dict]:
-    """Every run of the study. A run with several seeds (`runs.<name>.seeds`, else the top-level `train_seeds`)
-    becomes one run per seed, named <name>-seed<seed>, with TRL's `seed` set; each keeps `group` (the configured
-    name) so that tables can aggregate over seeds. A run with one seed or none keeps its name."""
+    """Every run of the study. A run with a sweep (`runs.<name>.sweep: {key: [values]}`: TRL arguments or the
+    settings in SWEEP_SETTINGS) becomes one run per combination, named by `swept_name` (grpo-lr5e-05-steps40), with
+    `sweep_of` (the configured name) and `swept` ({key: value}, what tables carry as columns). A run with several
+    seeds (`runs.<name>.seeds`, else the top-level `train_seeds`) becomes one run per seed (of each combination),
+    named <name>-seed<seed>, with TRL's `seed` set; each keeps `group` (the name before the seed: the configured or
+    swept name) so that tables can aggregate over seeds. A run with one seed or none keeps its name."""
     runs = {}
+
+    def add(one: dict, what: str) -> None:
+        if one["name"] in config["runs"] or one["name"] in runs:
+            raise ConfigError(f"runs.{one['name']}: the name of {what} is already a run; rename one of them")
+        runs[one["name"]] = one
+
     for name in config["runs"]:
-        spec = resolve_run(config, name)
-        seeds = spec.pop("seeds", None) or config.get("train_seeds") or []
-        if isinstance(seeds, int):
-            seeds = list(range(seeds))
-        if len(set(seeds)) != len(seeds):
-            raise ConfigError(f"runs.{name}.seeds (or train_seeds) repeats a seed: {seeds}")
-        if len(seeds) == 1:
-            spec["args"]["seed"] = spec["seed"] = seeds[0]
-        if len(seeds) <= 1:
-            runs[name] = {**spec, "group": name}
-            continue
-        for seed in seeds:
-            one = copy.deepcopy(spec)
-            one["args"]["seed"] = one["seed"] = seed
-            one.update(name=seeded_name(name, seed), group=name)
-            if one["name"] in config["runs"]:
-                raise ConfigError(f"runs.{one['name']}: the name of seed {seed} of run {name}; rename one of them")
-            runs[one["name"]] = one
+        for swept in sweep_combinations(config, name):
+            spec = _resolve_swept(config, name, swept)
+            label = spec["name"]
+            what = f"sweep {swept} of run {name}" if swept else f"run {name}"
+            seeds = spec.pop("seeds", None) or config.get("train_seeds") or []
+            if isinstance(seeds, int):
+                seeds = list(range(seeds))
+            if len(set(seeds)) != len(seeds):
+                raise ConfigError(f"runs.{name}.seeds (or train_seeds) repeats a seed: {seeds}")
+            if len(seeds) == 1:
+                spec["args"]["seed"] = spec["seed"] = seeds[0]
+            if len(seeds) <= 1:
+                if swept:
+                    add({**spec, "group": label}, what)
+                else:
+                    runs[name] = {**spec, "group": name}
+                continue
+            for seed in seeds:
+                one = copy.deepcopy(spec)
+                one["args"]["seed"] = one["seed"] = seed
+                one.update(name=seeded_name(label, seed), group=label)
+                add(one, f"seed {seed} of {what}")
     return runs
 
 
