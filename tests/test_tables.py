@@ -356,3 +356,20 @@ def test_seed_table_counts_verdicts_drops_bounds_and_stays_in_range():
     verdict = seeds.loc["in_domain_delta_significant"]  # 2 of 3 seeds, no mean or interval
     assert (verdict.seeds_true, verdict.n_seeds) == (2, 3) and verdict["value@seed=1"] == False  # noqa: E712
     assert math.isnan(verdict["mean"]) and math.isnan(verdict.low) and pd.isna(facts.seeds_true)
+
+
+def test_summary_carries_swept_values_as_columns():
+    from scalpel.report.tables import with_sweeps
+
+    summary = pd.DataFrame({"run": ["base", "grpo", "sft-lr1e-05-steps40"], "method": ["base", "grpo", "sft"],
+                            "step": [0, 120, 40], "mini_facts": [0.5, 0.5, 0.4]})
+    runs = {"grpo": {"method": "grpo", "sweep_of": "grpo", "swept": {}},
+            "sft-lr1e-05-steps40": {"method": "sft", "sweep_of": "sft", "swept": {"learning_rate": 1e-5, "steps": 40}}}
+    out = with_sweeps(summary, runs)
+    assert list(out.columns) == ["run", "method", "step", "sweep", "learning_rate", "steps", "mini_facts"]
+    assert out.sweep.tolist() == ["base", "grpo", "sft"]
+    assert out.learning_rate.tolist()[2] == 1e-5 and out.learning_rate.isna().tolist() == [True, True, False]
+    # No sweep anywhere: the table as it was.
+    assert with_sweeps(summary, {"grpo": runs["grpo"]}).equals(summary)
+    with pytest.raises(ValueError, match="swept key 'mini_facts' is already a column"):
+        with_sweeps(summary, {"x": {"swept": {"mini_facts": 1}}})

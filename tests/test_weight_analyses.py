@@ -182,10 +182,12 @@ def test_forgetting_command_ranks_kl_first_when_it_is_the_exact_predictor(tmp_pa
     write_tsv(frame.assign(kl_per_token=kl), tmp_path / "kl.tsv")
     write_tsv(frame.assign(rel_update=rel, stable_rank=[np.nan] * 3 + [2.0] + [np.nan] * 3 + [5.0]),
               tmp_path / "means.tsv")
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    runs = {"g": {"method": "grpo", "sweep_of": "g", "swept": {}},  # s is one combination of a sweep
+            "s": {"method": "sft", "sweep_of": "sft", "swept": {"learning_rate": 1e-4, "steps": 4}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "runs": runs}))
     _scalpel("forgetting", "--scores", tmp_path / "scores.tsv", "--kl", tmp_path / "kl.tsv", "--weights",
              tmp_path / "means.tsv", "--spec", tmp_path / "spec.yaml", "--table", tmp_path / "f.tsv", "--points",
-             tmp_path / "p.tsv", "--figure", tmp_path / "f.png", "--resamples", 300)
+             tmp_path / "p.tsv", "--pairs", tmp_path / "pairs.tsv", "--figure", tmp_path / "f.png", "--resamples", 300)
     table = pd.read_csv(tmp_path / "f.tsv", sep="\t")
     assert list(table.predictor) == ["kl_per_token", "rel_update", "stable_rank"]
     kl_row = table.iloc[0]
@@ -195,6 +197,15 @@ def test_forgetting_command_ranks_kl_first_when_it_is_the_exact_predictor(tmp_pa
     assert (table.checkpoints_left_out == 0).all()
     points = pd.read_csv(tmp_path / "p.tsv", sep="\t")
     assert len(points) == 8 and points.ood_change.to_numpy() == pytest.approx(drop)
+    # The swept values are columns (NaN for the run without them), after the step.
+    assert list(points.columns[:5]) == ["run", "step", "sweep", "learning_rate", "steps"]
+    assert points.sweep.tolist() == ["g"] * 4 + ["sft"] * 4
+    assert points.learning_rate.isna().sum() == 4 and (points.learning_rate.dropna() == 1e-4).all()
+    pairs = pd.read_csv(tmp_path / "pairs.tsv", sep="\t")
+    assert pairs[["predictor_a", "predictor_b"]].values.tolist() == [
+        ["kl_per_token", "rel_update"], ["kl_per_token", "stable_rank"], ["rel_update", "stable_rank"]]
+    first = pairs.iloc[0]
+    assert first["diff"] == pytest.approx(1 - stats.pearsonr(rel, drop)[0] ** 2) and first.runs == 2
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -209,3 +220,67 @@ def test_weight_pairs_are_every_grpo_sft_pair_then_the_configs():
         weight_pairs({"weights": {"pairs": [["g", "x"]]}}, runs)
     with pytest.raises(ConfigError, match=r"weights.pairs\[0\]: a run compared with itself"):
         weight_pairs({"weights": {"pairs": [["g", "g"]]}}, runs)
+
+
+# ---- forgetting: which predictor is better, resampling runs -------------------------------------------------------
+
+def _clustered(runs=8, per_run=10, seed=0, within=0.05):
+    """Points whose x and y vary mostly between runs (a run effect) and little within a run."""
+    rng = np.random.default_rng(seed)
+    x_run, y_run = rng.normal(size=runs), rng.normal(size=runs)
+    y_run = 0.6 * x_run + 0.8 * y_run
+    run = np.repeat(np.arange(runs), per_run)
+    return (x_run[run] + within * rng.normal(size=run.size), y_run[run] + within * rng.normal(size=run.size),
+            run.astype(str))
+
+
+def test_r2_difference_matches_a_direct_computation():
+    rng = np.random.default_rng(1)
+    run = np.repeat(np.arange(12), 3).astype(str)
+    x_a, x_b = rng.normal(size=36), rng.normal(size=36)
+    y = 2 * x_a + 0.5 * x_b + rng.normal(size=36)
+    out = forgetting.r2_difference(x_a, x_b, y, run, n_resamples=1000)
+    direct = np.corrcoef(x_a, y)[0, 1] ** 2 - np.corrcoef(x_b, y)[0, 1] ** 2
+    assert out["diff"] == pytest.approx(direct, rel=1e-12) and out["n"] == 36 and out["runs"] == 12
+    assert out["r2_a"] == pytest.approx(stats.pearsonr(x_a, y)[0] ** 2, rel=1e-12)
+    assert 0 < out["diff_low"] < out["diff"] < out["diff_high"]  # x_a is the better predictor, and it shows
+    # The resampled R^2 are those of the drawn runs' points, repeated as often as drawn.
+    labels = pd.factorize(run)[0]
+    counts = np.random.default_rng(5).multinomial(12, np.full(12, 1 / 12), size=3)
+    for c, got in zip(counts, forgetting.resampled_r2([x_a, x_b], y, run, n_resamples=3, seed=5)):
+        idx = np.concatenate([np.flatnonzero(labels == k).repeat(m) for k, m in enumerate(c)])
+        assert got == pytest.approx([forgetting.r2(x_a[idx], y[idx]), forgetting.r2(x_b[idx], y[idx])], rel=1e-9)
+
+
+def test_r2_difference_of_equally_good_predictors_covers_zero():
+    rng = np.random.default_rng(2)
+    run = np.repeat(np.arange(15), 2).astype(str)
+    x_a, x_b = rng.normal(size=30), rng.normal(size=30)
+    y = x_a + x_b + rng.normal(size=30)
+    out = forgetting.r2_difference(x_a, x_b, y, run, n_resamples=2000)
+    assert out["diff_low"] < 0 < out["diff_high"]
+    # A mirror image predicts exactly as well: the difference is 0 in every resample.
+    out = forgetting.r2_difference(x_a, 3 - 2 * x_a, y, run, n_resamples=500)
+    assert out["diff"] == pytest.approx(0, abs=1e-12) and out["diff_low"] <= 0 <= out["diff_high"]
+
+
+def test_intervals_resample_runs_not_checkpoints():
+    x, y, run = _clustered()
+    by_run = forgetting.fit(x, y, n_resamples=2000, clusters=run)
+    by_checkpoint = forgetting.fit(x, y, n_resamples=2000)
+    assert by_run["runs"] == 8 and by_checkpoint["runs"] == 80
+    # 8 runs carry the information of 8 points: resampling the 80 checkpoints would claim far more.
+    assert by_checkpoint["r2_high"] - by_checkpoint["r2_low"] < 0.5 * (by_run["r2_high"] - by_run["r2_low"])
+    # The unit is the run: repeating each run's checkpoints 5 times adds nothing to the run-resampled interval, and
+    # narrows the checkpoint-resampled one.
+    rep = (np.repeat(x, 5), np.repeat(y, 5), np.repeat(run, 5))
+    again = forgetting.fit(*rep[:2], n_resamples=2000, clusters=rep[2])
+    assert (again["r2_low"], again["r2_high"]) == pytest.approx((by_run["r2_low"], by_run["r2_high"]), rel=1e-9)
+    narrower = forgetting.fit(*rep[:2], n_resamples=2000)
+    assert narrower["r2_high"] - narrower["r2_low"] < by_checkpoint["r2_high"] - by_checkpoint["r2_low"]
+    # The same for the paired difference, which forgetting_pairs.tsv reports.
+    rng = np.random.default_rng(3)
+    x_b = x + 0.5 * rng.normal(size=8)[pd.factorize(run)[0]]
+    clustered = forgetting.r2_difference(x, x_b, y, run)
+    naive = forgetting.r2_difference(x, x_b, y)
+    assert naive["diff_high"] - naive["diff_low"] < 0.5 * (clustered["diff_high"] - clustered["diff_low"])

@@ -150,6 +150,11 @@ rule forgetting:
     output:
         table=report("results/tables/forgetting.tsv", caption="../report/forgetting_table.rst", category="Forgetting"),
         points="results/tables/forgetting_points.tsv",
+        pairs=report(
+            "results/tables/forgetting_pairs.tsv",
+            caption="../report/forgetting_pairs.rst",
+            category="Forgetting",
+        ),
         figure=report("results/figures/forgetting.png", caption="../report/forgetting.rst", category="Forgetting"),
     log:
         "logs/forgetting/forgetting.log",
@@ -158,7 +163,8 @@ rule forgetting:
         "../../envs/report.yaml"
     shell:
         "python -m scalpel forgetting --scores {input.scores:q} --kl {input.kl:q} --weights {input.weights:q}"
-        " --spec {input.spec:q} --table {output.table:q} --points {output.points:q} --figure {output.figure:q}"
+        " --spec {input.spec:q} --table {output.table:q} --points {output.points:q} --pairs {output.pairs:q}"
+        " --figure {output.figure:q}"
         " > {log:q} 2>&1"
 
 

@@ -82,6 +82,24 @@ def module_means(updates: pd.DataFrame) -> pd.DataFrame:
     return _in_order(means.rename(columns={"rel_update": "mean_rel_update"}), ["run", "step", "module"], runs_seen)
 
 
+def with_sweeps(frame: pd.DataFrame, runs: dict, after: str = "step") -> pd.DataFrame:
+    """`frame` (a `run` column) with, where any run is swept (config runs.<name>.sweep), `sweep` (the configured run)
+    and one column per swept key (its value; empty for runs that do not sweep it and the base), after `after`; as is
+    otherwise. Figures can then use the swept values as axes."""
+    keys = list(dict.fromkeys(k for spec in runs.values() for k in (spec.get("swept") or {})))
+    if not keys:
+        return frame
+    clash = [k for k in ["sweep", *keys] if k in frame.columns]
+    if clash:
+        raise ValueError(f"swept key {clash[0]!r} is already a column of the table")
+    out = frame.copy()
+    at = out.columns.get_loc(after) + 1
+    out.insert(at, "sweep", out.run.map(lambda r: runs[r].get("sweep_of", r) if r in runs else r))
+    for i, key in enumerate(keys, start=1):
+        out.insert(at + i, key, out.run.map(lambda r, k=key: (runs.get(r, {}).get("swept") or {}).get(k)))
+    return out
+
+
 def _one_row(scores: pd.DataFrame, run: str, step: int, task: str, metric: str):
     hit = scores[(scores.run == run) & (scores.step == step) & (scores.task == task) & (scores.metric == metric)]
     if len(hit) != 1:
@@ -192,7 +210,7 @@ def main(args) -> None:
     write_tsv(updates, out / "updates.tsv")
     means = module_means(updates)
     write_tsv(means, out / "update_module_means.tsv")
-    write_tsv(table, out / "summary.tsv")
+    write_tsv(with_sweeps(table, runs), out / "summary.tsv")
     write_tsv(ratios(table, runs), out / "ratios.tsv")
     kl = kl_table(args.kl, runs) if args.kl else None
     if kl is not None:

@@ -142,14 +142,20 @@ def alignment(align: pd.DataFrame, align_means: pd.DataFrame, out_png) -> dict:
     return grids
 
 
-def forgetting_figure(points: pd.DataFrame, table: pd.DataFrame, left_out: int, out_png) -> dict:
-    """The out-of-domain change against each predictor, in R^2 order, with the fitted line and R^2 [interval].
-    Returns predictor -> Axes."""
+def forgetting_figure(points: pd.DataFrame, table: pd.DataFrame, left_out: int, out_png,
+                      pairs: pd.DataFrame | None = None) -> dict:
+    """The out-of-domain change against each predictor, in R^2 order, with the fitted line and R^2 [interval]; with
+    `pairs`, below them the ranking: R^2 of the reference (kl_per_token where fitted, else the top predictor) minus
+    R^2 of each other predictor, with its paired run-resampling interval. Returns predictor -> Axes (and "pairs")."""
     fitted = table.dropna(subset=["r2"])
     cols = 4
     n_rows = max(1, math.ceil(len(fitted) / cols))
-    fig = Figure(figsize=(3.4 * cols, 2.9 * n_rows), layout="constrained")
-    axes = fig.subplots(n_rows, cols, squeeze=False).ravel()
+    with_pairs = pairs is not None and not pairs.empty and not fitted.empty
+    fig = Figure(figsize=(3.4 * cols, 2.9 * n_rows + (0.3 * len(fitted) + 1.2 if with_pairs else 0)),
+                 layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.9 * n_rows, 0.3 * len(fitted) + 1.2]) if with_pairs else (
+        fig, None)
+    axes = top.subplots(n_rows, cols, squeeze=False).ravel()
     colors = _colors(points.run)
     panels = {}
     for ax, row in zip(axes, fitted.itertuples(index=False)):
@@ -168,10 +174,39 @@ def forgetting_figure(points: pd.DataFrame, table: pd.DataFrame, left_out: int, 
     if panels:
         axes[0].set_ylabel("out-of-domain change vs base")
         axes[0].legend(fontsize=7)
+    if with_pairs:
+        panels["pairs"] = _pairs_panel(bottom.subplots(), fitted, pairs)
     fig.suptitle(f"{len(points)} checkpoints with every out-of-domain task ({left_out} without all, left out)",
                  fontsize=9)
     _save(fig, out_png)
     return panels
+
+
+def _pairs_panel(ax, fitted: pd.DataFrame, pairs: pd.DataFrame):
+    """R^2(reference) - R^2(other) per other predictor, in rank order, with its interval; 0 marked."""
+    ranking = list(fitted.predictor)
+    ref = "kl_per_token" if "kl_per_token" in ranking else ranking[0]
+    rows = []
+    for other in ranking:
+        if other == ref:
+            continue
+        hit = pairs[((pairs.predictor_a == ref) & (pairs.predictor_b == other))
+                    | ((pairs.predictor_a == other) & (pairs.predictor_b == ref))]
+        if hit.empty:
+            continue
+        h = hit.iloc[0]
+        sign = 1.0 if h.predictor_a == ref else -1.0
+        lo, hi = sorted((sign * h.diff_low, sign * h.diff_high))
+        rows.append((other, sign * h["diff"], lo, hi, int(h.n)))
+    for i, (other, diff, lo, hi, n) in enumerate(rows):
+        ax.plot([lo, hi], [i, i], color="black", lw=1.5)
+        ax.plot([diff], [i], "o", color="C3" if lo > 0 or hi < 0 else "C0")
+    ax.set_yticks(range(len(rows)), [f"{_label(r[0])} (n {r[4]})" for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set_xlabel(f"R²({_label(ref)}) − R²(predictor), 95% interval resampling runs", fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    return ax
 
 
 def add_parser(subparsers) -> None:
