@@ -284,3 +284,24 @@ def test_intervals_resample_runs_not_checkpoints():
     clustered = forgetting.r2_difference(x, x_b, y, run)
     naive = forgetting.r2_difference(x, x_b, y)
     assert naive["diff_high"] - naive["diff_low"] < 0.5 * (clustered["diff_high"] - clustered["diff_low"])
+
+
+def _pairs(rows):
+    return pd.DataFrame([dict(zip(forgetting.PAIR_COLUMNS, (a, b, 21, 21, np.nan, np.nan, d, lo, hi)))
+                         for a, b, d, lo, hi in rows])
+
+
+def test_razor_verdict_follows_the_pre_registered_rule():
+    better = [("kl_per_token", "rel_update", 0.5, 0.3, 0.7), ("kl_per_token", "nss", 0.4, 0.1, 0.6),
+              ("rel_update", "nss", -0.1, -0.3, 0.1)]
+    assert forgetting.razor_verdict(_pairs(better), 21) == "reproduced"
+    assert forgetting.razor_verdict(_pairs(better), 19) == "inconclusive"  # fewer checkpoints than registered
+    # A weight measure ranked above KL: its row reads the other way round; KL is worse, shown below the margin.
+    worse = better[:1] + [("nss", "kl_per_token", 0.2, 0.05, 0.35)]
+    assert forgetting.kl_differences(_pairs(worse)).loc[1, ["diff", "diff_low", "diff_high"]].tolist() == \
+        pytest.approx([-0.2, -0.35, -0.05])
+    assert forgetting.razor_verdict(_pairs(worse), 21) == "not reproduced"
+    covers = better[:1] + [("kl_per_token", "nss", 0.1, -0.1, 0.3)]
+    assert forgetting.razor_verdict(_pairs(covers), 21) == "inconclusive"
+    equal = better[:1] + [("kl_per_token", "nss", 0.0, -0.05, 0.05)]  # shown within 0.10: not better
+    assert forgetting.razor_verdict(_pairs(equal), 21) == "not reproduced"

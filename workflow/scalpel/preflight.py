@@ -59,7 +59,8 @@ def trl_argument_errors(config: dict, runs: dict[str, dict], known: dict[str, se
     errors = []
     for method, args in (config.get("train_defaults") or {}).items():
         errors += _unknown(args, known[method], f"train_defaults.{method}", TRL_CLASSES[method])
-    methods = {spec.get("group", name): spec["method"] for name, spec in runs.items()}  # seeds share their run's
+    # Seeds and sweeps of a run share its method (sweep_of: the configured name; group: the name before the seed).
+    methods = {spec.get("sweep_of") or spec.get("group", name): spec["method"] for name, spec in runs.items()}
     for name, run in config["runs"].items():
         method = methods[name]
         errors += _unknown(run.get("args") or {}, known[method], f"runs.{name}.args", TRL_CLASSES[method])

@@ -188,6 +188,40 @@ def pairs_table(points: pd.DataFrame, ranking: list[str], n_resamples: int = 200
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
+KL = "kl_per_token"
+RAZOR_MARGIN = 0.10
+RAZOR_MIN_POINTS = 20
+
+
+def kl_differences(pairs: pd.DataFrame, reference: str = KL) -> pd.DataFrame:
+    """R^2(reference) - R^2(w) with its interval for every other predictor w (the pair rows read the other way
+    round negated): columns predictor, n, diff, diff_low, diff_high."""
+    rows = []
+    for p in pairs.itertuples(index=False):
+        if reference not in (p.predictor_a, p.predictor_b):
+            continue
+        if p.predictor_a == reference:
+            rows.append((p.predictor_b, p.n, p.diff, p.diff_low, p.diff_high))
+        else:
+            rows.append((p.predictor_a, p.n, -p.diff, -p.diff_high, -p.diff_low))
+    return pd.DataFrame(rows, columns=["predictor", "n", "diff", "diff_low", "diff_high"])
+
+
+def razor_verdict(pairs: pd.DataFrame, points: int, margin: float = RAZOR_MARGIN) -> str:
+    """docs/razor-claims.md's rule, fixed before the study ran: reproduced if R^2(KL) - R^2(w) has its interval above
+    0 for every weight measure w; not reproduced if for some w it lies below `margin`; inconclusive otherwise, or with
+    fewer than RAZOR_MIN_POINTS checkpoints or a difference without an interval."""
+    d = kl_differences(pairs)
+    d = d[d.predictor.isin(WEIGHT_MEASURES) | d.predictor.str.fullmatch(_ANGLE.pattern)]
+    if points < RAZOR_MIN_POINTS or d.empty or d[["diff_low", "diff_high"]].isna().any().any():
+        return "inconclusive"
+    if (d.diff_low > 0).all():
+        return "reproduced"
+    if (d.diff_high < margin).any():
+        return "not reproduced"
+    return "inconclusive"
+
+
 def add_parser(subparsers) -> None:
     ap = subparsers.add_parser("forgetting", help="which measure predicts the out-of-domain drop",
                                description="R^2 of the out-of-domain change against KL and each weight measure.")
@@ -217,4 +251,6 @@ def main(args) -> None:
     write_tsv(with_sweeps(points, spec.get("runs", {})), args.points)
     write_tsv(table, args.table)
     write_tsv(pairs, args.pairs)
+    log.info("RL's Razor (docs/razor-claims.md), KL better than each weight measure: %s",
+             razor_verdict(pairs, len(points)))
     forgetting_figure(points, table, left_out, args.figure, pairs)
