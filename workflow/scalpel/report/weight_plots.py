@@ -156,13 +156,14 @@ def forgetting_figure(points: pd.DataFrame, table: pd.DataFrame, left_out: int, 
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.9 * n_rows, 0.3 * len(fitted) + 1.2]) if with_pairs else (
         fig, None)
     axes = top.subplots(n_rows, cols, squeeze=False).ravel()
-    colors = _colors(points.run)
+    by = "run" if points.run.nunique() <= 8 else "method"  # a sweep's many runs: coloured by method
+    colors = _colors(points[by])
     panels = {}
     for ax, row in zip(axes, fitted.itertuples(index=False)):
         panels[row.predictor] = ax
         have = points.dropna(subset=[row.predictor])
-        for run, rows in have.groupby("run", sort=False):
-            ax.scatter(rows[row.predictor], rows.ood_change, s=14, color=colors[run], label=run)
+        for key, rows in have.groupby(by, sort=False):
+            ax.scatter(rows[row.predictor], rows.ood_change, s=14, color=colors[key], label=key)
         if math.isfinite(row.slope):
             x = np.linspace(have[row.predictor].min(), have[row.predictor].max(), 50)
             ax.plot(x, row.intercept + row.slope * x, color="black", lw=1)
