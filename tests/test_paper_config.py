@@ -362,7 +362,7 @@ def test_sbatch_lines_of_the_paper_dag(paper_dag):
     assert lines["weights_update"] == "-A 'acct' -p 'cpu' -t 30 --mem 2000 --ntasks=1 --cpus-per-task=2"
     assert {j["rule"] for j in paper_dag if j["local"]} == {"run_spec", "launch_files", "prefetch", "analysis_spec",
                                                               "tables", "plots", "weight_tables", "weight_plots",
-                                                              "forgetting"}
+                                                              "forgetting", "findings"}
 
 
 def test_vllm_server_mode_gives_one_gpu_to_vllm_as_the_authors_ran(tmp_path):
