@@ -37,6 +37,8 @@ def trl_argument_errors(config: dict, runs: dict[str, dict], known: dict[str, se
     methods = {spec.get("group", name): spec["method"] for name, spec in runs.items()}  # seeds share their run's
     for name, run in config["runs"].items():
         method = methods[name]
+        if method not in TRL_CLASSES:  # an imported run: not trained
+            continue
         errors += _unknown(run.get("args") or {}, known[method], f"runs.{name}.args", TRL_CLASSES[method])
     return errors
 
