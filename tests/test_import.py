@@ -258,3 +258,42 @@ def test_dry_run_of_a_hub_import_plans_its_prefetch_and_a_missing_folder_fails_t
     config = {"runs": {"copied": {"method": "import", "source": {"folder": "nowhere", "steps": [1]}}}}
     proc = _dry_run(tmp_path, config)
     assert proc.returncode != 0 and "nowhere/step-1" in proc.stdout + proc.stderr
+
+
+# ---- through the workflow: the imported checkpoints analysed as trained ones ----
+
+@pytest.mark.integration
+def test_imported_folder_checkpoints_are_diffed_against_the_base(tiny, tmp_path):
+    """A folder of two checkpoints (one with q_proj moved, one stored in bfloat16) imported and run through
+    import_checkpoints -> diff and weights_update with real Snakemake, on a local base; nothing is trained."""
+    import pandas as pd
+    from safetensors.torch import load_file, save_file
+
+    base = load_file(tiny / "model.safetensors")
+    moved = "model.layers.0.self_attn.q_proj.weight"
+    for step, tensors in ((1, {**base, moved: base[moved] * 1.5}), (2, {k: v.bfloat16() for k, v in base.items()})):
+        folder = tmp_path / "work" / "copy" / f"step-{step}"
+        shutil.copytree(tiny, folder)
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    config = {"model": {"base": str(tiny)}, "hub": {"cache": str(tmp_path / "hf")},
+              "runs": {"copied": {"method": "import", "source": {"folder": "copy", "steps": [1, 2]}}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    targets = ["results/diff/copied/step-1.parquet", "results/diff/copied/step-2.parquet",
+               "results/weights/update/copied/step-1.parquet"]
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+           str(tmp_path / "work"), "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", *targets]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    work = tmp_path / "work"
+    assert not (work / "results/runs/copied/state").exists() and "train_" not in proc.stderr
+    provenance = json.loads((work / "results/runs/copied/import.json").read_text())
+    assert provenance["steps"]["1"]["folder"] == str(work / "copy" / "step-1")
+    assert (work / "results/runs/copied/checkpoints/step-1/model.safetensors").is_symlink()
+    first = pd.read_parquet(work / targets[0])
+    q = first[(first["layer"] == 0) & (first["module"] == "q_proj")]["rel_update"].item()
+    assert q == pytest.approx(0.5, rel=1e-4)
+    assert first[(first["layer"] != 0) | (first["module"] != "q_proj")]["rel_update"].abs().max() == 0
+    second = pd.read_parquet(work / targets[1])
+    assert set(second["dtype"]) == {"bfloat16"}  # the float32 base compared cast to the checkpoint's bf16, and said
+    assert second["rel_update"].abs().max() == 0
