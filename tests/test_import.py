@@ -32,8 +32,18 @@ def test_hub_source_expands_a_revision_template_over_the_steps():
     spec = runs["p"]
     assert spec["method"] == "import" and spec["checkpoint_steps"] == [29, 571] and spec["group"] == "p"
     assert spec["revisions"] == {29: "v01.14-step-000000029", 571: "v01.14-step-000000571"}
+    assert spec["repos"] == {29: REPO, 571: REPO}
     listed = _runs(p={"method": "import", "source": {"repo": REPO, "revisions": ["main", "abc123"], "steps": [1, 2]}})
     assert listed["p"]["revisions"] == {1: "main", 2: "abc123"}
+
+
+def test_a_stage_chain_takes_one_repo_per_step_at_main_by_default():
+    stages = ["allenai/OLMo-2-1124-7B-SFT", "allenai/OLMo-2-1124-7B-DPO", "allenai/OLMo-2-1124-7B-Instruct"]
+    spec = _runs(c={"method": "import", "source": {"repo": stages, "steps": [1, 2, 3]}})["c"]
+    assert spec["repos"] == dict(zip([1, 2, 3], stages)) and spec["revisions"] == {1: "main", 2: "main", 3: "main"}
+    pinned = _runs(c={"method": "import", "source": {"repo": stages[:2], "revisions": ["a" * 40, "b" * 40],
+                                                     "steps": [1, 2]}})["c"]
+    assert pinned["revisions"] == {1: "a" * 40, 2: "b" * 40}
 
 
 def test_folder_source_has_one_subfolder_per_step_or_is_the_checkpoint():
@@ -53,7 +63,9 @@ def test_folder_source_has_one_subfolder_per_step_or_is_the_checkpoint():
     ({"method": "import", "source": {"repo": REPO, "folder": "f", "steps": [1]}}, "give repo (a hub repository)"),
     ({"method": "import", "source": {"steps": [1]}}, "give repo (a hub repository)"),
     ({"method": "import", "source": {"folder": "f", "steps": [2, 1]}}, "runs.p.source.steps must increase"),
-    ({"method": "import", "source": {"repo": REPO, "steps": [1]}}, "runs.p.source: a hub source needs revision"),
+    ({"method": "import", "source": {"repo": REPO, "steps": [1, 2]}},
+     "runs.p.source: a hub source of several steps in one repo needs revision"),
+    ({"method": "import", "source": {"repo": [REPO], "steps": [1, 2]}}, "runs.p.source.repo: 1 repositories for 2"),
     ({"method": "import", "source": {"repo": REPO, "revision": "main", "steps": [1, 2]}},
      "runs.p.source.revision: 'main' names one revision for 2 steps"),
     ({"method": "import", "source": {"repo": REPO, "revision": "s{stp}", "steps": [1]}},
@@ -142,12 +154,17 @@ def hub_cache(tiny, tmp_path_factory):
 
 def _spec(repo, revisions):
     steps = sorted(revisions)
-    return {"name": "p", "method": "import", "repo": repo, "revisions": revisions, "checkpoint_steps": steps}
+    return {"name": "p", "method": "import", "repos": dict.fromkeys(steps, repo), "revisions": revisions,
+            "checkpoint_steps": steps}
+
+
+def _imports(repo, revisions):
+    return {"repos": dict.fromkeys(revisions, repo), "revisions": revisions}
 
 
 def test_hub_revisions_resolve_to_commits_and_are_linked_by_commit(hub_cache, tmp_path):
     revisions = {1: "stage1-step-000000001", 2: "stage1-step-000000002"}
-    imports = {"p": {"repo": REPO, "revisions": revisions}, "q": {"repo": "org/olmo-stage2", "revisions": {3: "main"}}}
+    imports = {"p": _imports(REPO, revisions), "q": _imports("org/olmo-stage2", {3: "main"})}
     result = _offline(hub_cache["home"], imports, _spec(REPO, revisions), tmp_path / "checkpoints")
     assert "error" not in result, result
     fetched = result["manifest"]["checkpoints"]
@@ -161,11 +178,21 @@ def test_hub_revisions_resolve_to_commits_and_are_linked_by_commit(hub_cache, tm
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= names
 
 
+def test_a_stage_chain_across_repositories_is_fetched_and_linked_one_repo_per_step(hub_cache, tmp_path):
+    chain = {"name": "p", "method": "import", "repos": {1: REPO, 2: "org/olmo-stage2"},
+             "revisions": {1: "stage1-step-000000002", 2: "main"}, "checkpoint_steps": [1, 2]}
+    result = _offline(hub_cache["home"], {"p": {"repos": chain["repos"], "revisions": chain["revisions"]}}, chain,
+                      tmp_path / "checkpoints")
+    assert "error" not in result, result
+    assert [(e["repo"], e["commit"]) for e in result["provenance"].values()] == [(REPO, "2" * 40),
+                                                                                ("org/olmo-stage2", "4" * 40)]
+    assert "models--org--olmo-stage2/snapshots/" in os.readlink(tmp_path / "checkpoints/step-2/model.safetensors")
+
+
 def test_a_missing_revision_and_a_pickled_only_revision_name_repo_and_revision(hub_cache, tmp_path):
-    missing = _offline(hub_cache["home"], {"p": {"repo": REPO, "revisions": {3: "stage1-step-000000003"}}},
-                       {}, tmp_path / "a")
+    missing = _offline(hub_cache["home"], {"p": _imports(REPO, {3: "stage1-step-000000003"})}, {}, tmp_path / "a")
     assert f"{REPO} at revision stage1-step-000000003: not in the HF cache" in missing["error"]
-    pickled = _offline(hub_cache["home"], {"p": {"repo": REPO, "revisions": {1: "pickled"}}}, {}, tmp_path / "b")
+    pickled = _offline(hub_cache["home"], {"p": _imports(REPO, {1: "pickled"})}, {}, tmp_path / "b")
     assert f"{REPO} at revision pickled: no *.safetensors weights" in pickled["error"]
 
 
@@ -173,7 +200,7 @@ def test_a_moved_branch_is_still_read_at_the_recorded_commit(hub_cache, tmp_path
     """Jobs read the commit prefetch recorded, not what the branch points to later; a commit not in the cache (or a
     manifest missing the revision) is an error naming them."""
     revisions = {1: "stage1-step-000000001"}
-    manifest = {"checkpoints": {"p": {"repo": REPO, "steps": {"1": {"revision": revisions[1], "commit": "2" * 40}}}}}
+    manifest = {"checkpoints": {"p": {"steps": {"1": {"repo": REPO, "revision": revisions[1], "commit": "2" * 40}}}}}
     script = ("import json, sys; from scalpel.model import imported; "
               "print(json.dumps(imported.link_checkpoints(json.loads(sys.argv[1]), json.loads(sys.argv[2]), "
               "sys.argv[3])))")
@@ -193,7 +220,7 @@ def test_prefetch_args_list_the_hub_imports_only():
     validate(cfg, schema=SCHEMA)
     args = prefetch.command_args(cfg, "checkpoints")
     assert args[0] == "--checkpoints"
-    assert json.loads(args[1]) == {"p": {"repo": REPO, "revisions": {"1": "s-1", "2": "s-2"}}}
+    assert json.loads(args[1]) == {"p": {"repos": {"1": REPO, "2": REPO}, "revisions": {"1": "s-1", "2": "s-2"}}}
 
 
 # ---- a local folder ----

@@ -39,7 +39,7 @@ if workflow.is_main_process:  # not in each job's own parse of the workflow
     print(f"Study settings:\n{study_config.settings_table(config, RUNS)}", file=sys.stderr)
 
 BUILD_BASE = config["model"]["base"] == "build"
-HUB_IMPORTS = any("repo" in spec for spec in RUNS.values())  # imported runs whose checkpoints are on the hub
+HUB_IMPORTS = any("repos" in spec for spec in RUNS.values())  # imported runs whose checkpoints are on the hub
 SYNTHETIC_DATA = config["data"]["source"] == "synthetic"
 
 # The miniature's data rule writes its own lm-eval tasks; evaluate and prefetch always also search the paper tasks
@@ -98,7 +98,7 @@ def get_prefetch_args(wildcards):
 
 def get_import_manifest(wildcards):
     """An input of import_checkpoints: the commits prefetch resolved, for a run whose checkpoints are on the hub."""
-    return "results/prefetch/checkpoints.json" if "repo" in RUNS[wildcards.run] else []
+    return "results/prefetch/checkpoints.json" if "repos" in RUNS[wildcards.run] else []
 
 
 def get_import_folders(wildcards):

@@ -117,21 +117,34 @@ TRAINING_KEYS = ("steps", "checkpoints", "freeze", "train_only", "args", "seeds"
 
 def import_revisions(source: dict, steps: list[int], where: str) -> dict[int, str]:
     """step -> the hub revision (branch, tag or commit) of that checkpoint: `source.revision` formatted with the step
-    (`v01.14-step-{step:09d}`), or `source.revisions` listed one per step."""
+    (`v01.14-step-{step:09d}`), or `source.revisions` listed one per step; `main` when neither is given and each step
+    has its own repository."""
     if "revisions" in source:
         revisions = source["revisions"]
         if len(revisions) != len(steps):
             raise ConfigError(f"{where}.revisions: {len(revisions)} revisions for {len(steps)} steps")
         return dict(zip(steps, revisions))
-    template = source.get("revision")
+    one_repo = isinstance(source["repo"], str)
+    template = source.get("revision", None if one_repo and len(steps) > 1 else "main")
     if template is None:
-        raise ConfigError(f"{where}: a hub source needs revision (a template over {{step}}) or revisions")
-    if len(steps) > 1 and "{step" not in template:
+        raise ConfigError(f"{where}: a hub source of several steps in one repo needs revision (a template over "
+                          "{step}) or revisions")
+    if one_repo and len(steps) > 1 and "{step" not in template:
         raise ConfigError(f"{where}.revision: {template!r} names one revision for {len(steps)} steps; use {{step}}")
     try:
         return {step: template.format(step=step) for step in steps}
     except (KeyError, IndexError, ValueError) as err:
         raise ConfigError(f"{where}.revision: {template!r} is not a template over {{step}} ({err})") from None
+
+
+def import_repos(source: dict, steps: list[int], where: str) -> dict[int, str]:
+    """step -> the hub repository of that checkpoint: one repository for all, or one per step (a stage chain)."""
+    repos = source["repo"]
+    if isinstance(repos, str):
+        return dict.fromkeys(steps, repos)
+    if len(repos) != len(steps):
+        raise ConfigError(f"{where}.repo: {len(repos)} repositories for {len(steps)} steps")
+    return dict(zip(steps, repos))
 
 
 def import_folders(source: dict, steps: list[int], where: str) -> dict[int, str]:
@@ -168,7 +181,8 @@ def resolve_import(config: dict, name: str, run: dict) -> dict:
         for key in ("subfolder",):
             if key in source:
                 raise ConfigError(f"{where}.source.{key} applies to a local folder, not to a hub repo")
-        locations = {"repo": source["repo"], "revisions": import_revisions(source, steps, f"{where}.source")}
+        locations = {"repos": import_repos(source, steps, f"{where}.source"),
+                     "revisions": import_revisions(source, steps, f"{where}.source")}
     else:
         for key in ("revision", "revisions"):
             if key in source:

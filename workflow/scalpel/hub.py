@@ -61,7 +61,7 @@ def checkpoint_snapshot(repo: str, revision: str, cached_only: bool = False) -> 
     `cached_only` (how jobs read a commit that prefetch recorded); an error naming the repository and revision when
     the revision is missing or holds no *.safetensors weights."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RevisionNotFoundError
 
     where = f"{repo} at revision {revision}"
     try:
@@ -71,6 +71,8 @@ def checkpoint_snapshot(repo: str, revision: str, cached_only: bool = False) -> 
         raise FileNotFoundError(f"{where}: no such revision on the hub ({err})") from None
     except LocalEntryNotFoundError as err:
         raise FileNotFoundError(f"{where}: not in the HF cache (run the prefetch rule with network) ({err})") from None
+    except OfflineModeIsEnabled as err:  # a commit offline, without its cached file listing
+        raise FileNotFoundError(f"{where}: not readable offline ({err})") from None
     if not any(f.name.endswith(".safetensors") for f in folder.iterdir() if f.is_file()):
         raise FileNotFoundError(f"{where}: no *.safetensors weights (pickled weights, *.bin or *.pt, are never read)")
     return folder

@@ -27,16 +27,18 @@ def fetch_model(source: str, revision: str | None) -> dict:
 
 
 def fetch_checkpoints(imports: dict) -> dict:
-    """Each imported run's hub checkpoints, one repository at a time and one revision after the other: every revision
-    (branch, tag or commit) resolved to the commit it points to now, which the jobs then read offline."""
+    """Each imported run's hub checkpoints, one revision of one repository after the other: every revision (branch,
+    tag or commit) resolved to the commit it points to now, which the jobs then read offline."""
     out = {}
     for run, spec in imports.items():
         steps = {}
         for step, revision in spec["revisions"].items():
-            folder = hub.checkpoint_snapshot(spec["repo"], revision)
-            steps[str(step)] = {"revision": revision, "commit": hub.commit_of(folder), "path": str(folder)}
-            log.info("run %s step %s: %s at %s is commit %s", run, step, spec["repo"], revision, hub.commit_of(folder))
-        out[run] = {"repo": spec["repo"], "steps": steps}
+            repo = spec["repos"][step]
+            folder = hub.checkpoint_snapshot(repo, revision)
+            commit = hub.commit_of(folder)
+            steps[str(step)] = {"repo": repo, "revision": revision, "commit": commit, "path": str(folder)}
+            log.info("run %s step %s: %s at %s is commit %s", run, step, repo, revision, commit)
+        out[run] = {"steps": steps}
     return out
 
 
@@ -152,8 +154,8 @@ def command_args(config: dict, part: str, include_path: str | None = None) -> li
         args += (["--dataset-revision", o["revision"]] if o["revision"] else [])
         args += (["--math500", o["math500"]] if o["math500"] else [])
     if part == "checkpoints":
-        imports = {name: {"repo": spec["repo"], "revisions": spec["revisions"]}
-                   for name, spec in study_config.resolve_runs(config).items() if "repo" in spec}
+        imports = {name: {"repos": spec["repos"], "revisions": spec["revisions"]}
+                   for name, spec in study_config.resolve_runs(config).items() if "repos" in spec}
         args += ["--checkpoints", json.dumps(imports)] if imports else []
     tasks = list(dict.fromkeys(t for suite in config["eval"]["tasks"].values() for t in suite))
     if part == "eval" and tasks:
@@ -174,7 +176,8 @@ def add_parser(subparsers) -> None:
     ap.add_argument("--dataset-revision", default=None)
     ap.add_argument("--math500", default=None, help="hub id or local copy of MATH-500 (the KL reference set)")
     ap.add_argument("--checkpoints", default=None,
-                    help='imported runs\' hub checkpoints, JSON: {"run": {"repo": ..., "revisions": {step: revision}}}')
+                    help='imported runs\' hub checkpoints, JSON: '
+                         '{"run": {"repos": {step: repo}, "revisions": {step: revision}}}')
     ap.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
     ap.add_argument("--include-path", default=None, help="folder of local lm-eval task YAMLs")
     ap.add_argument("--nltk-data", default=(os.environ.get("NLTK_DATA") or "").split(os.pathsep)[0] or None,

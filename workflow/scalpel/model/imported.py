@@ -41,17 +41,15 @@ def checkpoint_sources(spec: dict, manifest: dict | None) -> dict[int, tuple[Pat
         for step, folder in spec["folders"].items():
             out[int(step)] = (Path(folder), {"folder": os.path.abspath(folder)})
         return out
-    fetched = (manifest or {}).get("checkpoints", {}).get(name)
-    if fetched is None:
-        raise FileNotFoundError(f"run {name}: the prefetch manifest has no checkpoints of {spec['repo']} (rerun the "
-                                "prefetch rule)")
+    fetched = (manifest or {}).get("checkpoints", {}).get(name, {}).get("steps", {})
     for step, revision in spec["revisions"].items():
-        entry = fetched["steps"].get(str(step))
-        if entry is None or entry["revision"] != revision:
-            raise FileNotFoundError(f"run {name}: {spec['repo']} at revision {revision} (step {step}) is not in the "
-                                    "prefetch manifest (rerun the prefetch rule)")
-        folder = hub.checkpoint_snapshot(spec["repo"], entry["commit"], cached_only=True)
-        out[int(step)] = (folder, {"repo": spec["repo"], "revision": revision, "commit": entry["commit"]})
+        repo = spec["repos"][step]
+        entry = fetched.get(str(step))
+        if entry is None or (entry["repo"], entry["revision"]) != (repo, revision):
+            raise FileNotFoundError(f"run {name}: {repo} at revision {revision} (step {step}) is not in the prefetch "
+                                    "manifest (rerun the prefetch rule)")
+        folder = hub.checkpoint_snapshot(repo, entry["commit"], cached_only=True)
+        out[int(step)] = (folder, {"repo": repo, "revision": revision, "commit": entry["commit"]})
     return out
 
 
