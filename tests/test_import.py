@@ -324,3 +324,26 @@ def test_imported_folder_checkpoints_are_diffed_against_the_base(tiny, tmp_path)
     second = pd.read_parquet(work / targets[1])
     assert set(second["dtype"]) == {"bfloat16"}  # the float32 base compared cast to the checkpoint's bf16, and said
     assert second["rel_update"].abs().max() == 0
+
+
+@pytest.mark.parametrize("name, runs, checkpoints", [
+    ("olmo2-stages", {"stages": [1, 2, 3]}, 3),
+    ("olmo2-1b-stages", {"stages": [1, 2, 3, 4]}, 4),
+    ("paper-published", {"grpo": [29 * k for k in range(1, 20)] + [571]}, 59),
+])
+def test_published_checkpoint_configs_dry_run_with_no_training(name, runs, checkpoints, tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+    validate(cfg, schema=SCHEMA)
+    resolved = study_config.resolve_runs(cfg)
+    assert all(spec["method"] == "import" for spec in resolved.values())
+    for run, steps in runs.items():
+        assert resolved[run]["checkpoint_steps"] == steps
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(ROOT / "config" / f"{name}.yaml"), "--cores", "1", "-n"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    counts = _job_counts(proc.stdout)
+    assert not any(job.startswith("train_") for job in counts)
+    assert counts["import_checkpoints"] == len(resolved) and counts["diff"] == counts["kl"] == checkpoints
+    assert counts["evaluate"] == checkpoints + 1 and "results/prefetch/checkpoints.json" in proc.stdout
