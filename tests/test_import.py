@@ -3,6 +3,7 @@ or in a local folder, enter the DAG where trained ones do, with no training job.
 (refs/<revision> -> snapshots/<commit>) read offline."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,15 @@ def test_folder_source_has_one_subfolder_per_step_or_is_the_checkpoint():
     assert runs["b"]["folders"] == {5: "ckpts/checkpoint-5"}
     assert runs["c"]["folders"] == {7: "one"}
     assert "g" in runs and runs["g"]["method"] == "grpo"
+
+
+def test_each_run_has_a_reference_the_base_by_default_or_another_run():
+    runs = _runs(p={"method": "import", "reference": "g", "source": {"folder": "f", "steps": [1]}},
+                 q={"method": "sft", "steps": 2, "checkpoints": 1, "reference": "p"})
+    assert (runs["g"]["reference"], runs["p"]["reference"], runs["q"]["reference"]) == ("base", "g", "p")
+    for ref, message in (("nope", "runs.p.reference: no run named 'nope'"), ("p", "runs.p.reference: itself")):
+        with pytest.raises(study_config.ConfigError, match=re.escape(message)):
+            _runs(p={"method": "import", "reference": ref, "source": {"folder": "f", "steps": [1]}})
 
 
 @pytest.mark.parametrize("run, message", [
@@ -245,11 +255,11 @@ def test_folder_checkpoints_are_linked_and_a_pickled_only_folder_is_refused(tiny
 
 # ---- the DAG ----
 
-def _dry_run(workdir, config):
+def _dry_run(workdir, config, *args):
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "1", "-n"]
+           "--configfile", str(workdir / "config.yaml"), "--cores", "1", "-n", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -272,6 +282,21 @@ def test_dry_run_plans_an_imported_run_beside_a_trained_one_with_no_training(tmp
                  "results/kl/copied/step-2.json", "results/weights/update/copied/step-1.parquet"):
         assert path in proc.stdout
     assert "copied  import" in proc.stderr  # the settings table
+
+
+def test_a_run_with_another_runs_reference_is_compared_with_its_final_checkpoint(tmp_path):
+    (tmp_path / "copy" / "step-1").mkdir(parents=True)
+    config = {"runs": {"grpo": {"method": "grpo", "steps": 2, "checkpoints": 1},
+                       "copied": {"method": "import", "reference": "grpo", "source": {"folder": "copy", "steps": [1]}}}}
+    proc = _dry_run(tmp_path, config, "-p", "results/diff/copied/step-1.parquet", "results/kl/copied/step-1.json",
+                    "results/diff/grpo/step-2.parquet")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shells = [line for line in proc.stdout.splitlines() if "python -m scalpel diff" in line or "scalpel kl" in line]
+    assert len(shells) == 3
+    for line in shells:
+        against = "results/runs/grpo/checkpoints/step-2" if "--run copied" in line else "results/models/base"
+        assert f"--base {against} " in line, line
+    assert _job_counts(proc.stdout)["train_grpo"] == 1  # the reference's checkpoints are made first
 
 
 def test_dry_run_of_a_hub_import_plans_its_prefetch_and_a_missing_folder_fails_the_plan(tmp_path):
@@ -303,10 +328,12 @@ def test_imported_folder_checkpoints_are_diffed_against_the_base(tiny, tmp_path)
         shutil.copytree(tiny, folder)
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     config = {"model": {"base": str(tiny)}, "hub": {"cache": str(tmp_path / "hf")},
-              "runs": {"copied": {"method": "import", "source": {"folder": "copy", "steps": [1, 2]}}}}
+              "runs": {"copied": {"method": "import", "source": {"folder": "copy", "steps": [1, 2]}},
+                       "again": {"method": "import", "reference": "copied",
+                                 "source": {"folder": "copy", "steps": [1]}}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     targets = ["results/diff/copied/step-1.parquet", "results/diff/copied/step-2.parquet",
-               "results/weights/update/copied/step-1.parquet"]
+               "results/weights/update/copied/step-1.parquet", "results/diff/again/step-1.parquet"]
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
            str(tmp_path / "work"), "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", *targets]
@@ -324,6 +351,12 @@ def test_imported_folder_checkpoints_are_diffed_against_the_base(tiny, tmp_path)
     second = pd.read_parquet(work / targets[1])
     assert set(second["dtype"]) == {"bfloat16"}  # the float32 base compared cast to the checkpoint's bf16, and said
     assert second["rel_update"].abs().max() == 0
+    # against copied's final checkpoint (the bf16 copy of the base), cast to this float32 checkpoint's dtype
+    against = pd.read_parquet(work / targets[3])
+    assert set(against["dtype"]) == {"float32"}
+    assert against[(against["layer"] == 0) & (against["module"] == "q_proj")]["rel_update"].item() == \
+        pytest.approx(0.5, rel=1e-2)
+    assert 0 < against[against["module"] != "q_proj"]["rel_update"].max() < 1e-2  # bf16 rounding only
 
 
 @pytest.mark.parametrize("name, runs, checkpoints", [

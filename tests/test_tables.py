@@ -339,3 +339,19 @@ def test_pass_at_k_curves_from_correct_counts_and_paired_deltas(tmp_path):
                                   tmp_path / "p.png")
     lines = {line.get_label(): line for line in axes["maths"].get_lines()}
     assert list(lines["grpo (grpo)"].get_ydata()) == pytest.approx([0.5, 0.5, 0.5, 0.5])
+
+
+def test_update_and_kl_tables_say_which_reference_each_row_used(tmp_path):
+    import json as _json
+
+    runs = {"a": {"method": "grpo", "checkpoint_steps": [5, 10]},
+            "b": {"method": "import", "checkpoint_steps": [3], "reference": "a"}}
+    for run, step in (("a", 10), ("b", 3)):
+        pd.DataFrame({"run": [run], "step": [step], "layer": [0], "module": ["q_proj"], "rel_update": [0.1]}) \
+            .to_parquet(tmp_path / f"{run}.parquet")
+        (tmp_path / f"{run}.json").write_text(_json.dumps({"run": run, "step": step, "mean_kl": 0.1,
+                                                           "mean_seq_kl": 1.0, "n_examples": 2}))
+    updates = tables.updates_table([tmp_path / "a.parquet", tmp_path / "b.parquet"], runs)
+    assert list(updates.reference) == ["base", "a@10"]
+    kl = tables.kl_table([tmp_path / "a.json", tmp_path / "b.json"], runs)
+    assert list(kl.reference) == ["base", "a@10"]

@@ -1,9 +1,10 @@
-# Weight and output-distribution analyses of every checkpoint against the base (envs/analysis.yaml).
+# Weight and output-distribution analyses of every checkpoint against its run's reference, the base unless
+# runs.<name>.reference names another run (envs/analysis.yaml).
 
 
 rule diff:
     input:
-        base=base_model_dir(),
+        base=get_reference_dir,
         model=get_model_dir,
     output:
         "results/diff/{run}/step-{step}.parquet",
@@ -13,17 +14,18 @@ rule diff:
         "../../envs/analysis.yaml"
     threads: 1
     params:
+        ref_model=get_reference_path,
         checkpoint=get_checkpoint_path,
         dtype_mismatch=config["diff"]["dtype_mismatch"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel diff --base {input.base:q} --checkpoint {params.checkpoint:q}"
-        " --dtype-mismatch {params.dtype_mismatch:q} --run {wildcards.run} --step {wildcards.step} --out {output:q}"
-        " > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scalpel diff --base {params.ref_model:q}"
+        " --checkpoint {params.checkpoint:q} --dtype-mismatch {params.dtype_mismatch:q} --run {wildcards.run}"
+        " --step {wildcards.step} --out {output:q} > {log:q} 2>&1"
 
 
 rule kl:
     input:
-        base=base_model_dir(),
+        base=get_reference_dir,
         model=get_model_dir,
         reference=get_kl_reference(),
     output:
@@ -34,11 +36,12 @@ rule kl:
         "../../envs/analysis.yaml"
     threads: 1
     params:
+        ref_model=get_reference_path,
         checkpoint=get_checkpoint_path,
         dtype=config["model"]["dtype"],
         limit=["--limit", config["kl"]["limit"]] if config["kl"]["limit"] else [],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel kl --base {input.base:q} --checkpoint {params.checkpoint:q}"
+        "OMP_NUM_THREADS={threads} python -m scalpel kl --base {params.ref_model:q} --checkpoint {params.checkpoint:q}"
         " --reference {input.reference:q} --run {wildcards.run} --step {wildcards.step} --dtype {params.dtype:q}"
         " {params.limit:q} --out {output:q} > {log:q} 2>&1"
 
@@ -71,7 +74,7 @@ if MINIATURE_CLAIMS:
 # decomposes the base once for all of a run's checkpoints it covers (config weights.spectral).
 rule weights_update:
     input:
-        base=base_model_dir(),
+        base=get_reference_dir,
         model=get_model_dir,
     output:
         "results/weights/update/{run}/step-{step}.parquet",
@@ -81,17 +84,18 @@ rule weights_update:
         "../../envs/analysis.yaml"
     threads: 1
     params:
+        ref_model=get_reference_path,
         checkpoint=get_checkpoint_path,
         dtype_mismatch=config["diff"]["dtype_mismatch"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel weights update --base {input.base:q}"
+        "OMP_NUM_THREADS={threads} python -m scalpel weights update --base {params.ref_model:q}"
         " --checkpoint {params.checkpoint:q} --run {wildcards.run} --step {wildcards.step}"
         " --dtype-mismatch {params.dtype_mismatch:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule weights_spectral:
     input:
-        base=base_model_dir(),
+        base=get_reference_dir,
         model=get_model_dir,
     output:
         "results/weights/spectral/{run}.parquet",
@@ -101,13 +105,14 @@ rule weights_spectral:
         "../../envs/analysis.yaml"
     threads: 1
     params:
+        ref_model=get_reference_path,
         checkpoints=lambda wildcards: [a for c in get_spectral_checkpoints(wildcards) for a in ("--checkpoint", c)],
         ks=config["weights"]["top_k"],
         dtype_mismatch=config["diff"]["dtype_mismatch"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel weights spectral --base {input.base:q} {params.checkpoints:q}"
-        " --run {wildcards.run} --ks {params.ks} --dtype-mismatch {params.dtype_mismatch:q} --out {output:q}"
-        " > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scalpel weights spectral --base {params.ref_model:q}"
+        " {params.checkpoints:q} --run {wildcards.run} --ks {params.ks} --dtype-mismatch {params.dtype_mismatch:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule weights_align:

@@ -102,7 +102,7 @@ def get_import_manifest(wildcards):
 
 
 def get_import_folders(wildcards):
-    """An input of import_checkpoints: the folders of a run whose checkpoints are local (a missing one fails the plan)."""
+    """An input of import_checkpoints: the folders of a local source (a missing one fails the plan)."""
     return list(RUNS[wildcards.run].get("folders", {}).values())
 
 
@@ -130,6 +130,21 @@ def get_checkpoint_path(wildcards):
     if wildcards.run == BASE:
         return base_model_dir()
     return f"results/runs/{wildcards.run}/checkpoints/step-{wildcards.step}"
+
+
+def get_reference_dir(wildcards):
+    """What a run's checkpoints are compared with (config runs.<name>.reference): the base model, or the folder of
+    another run's checkpoints (an input, so that run is made first)."""
+    ref = RUNS[wildcards.run]["reference"]
+    return base_model_dir() if ref == BASE else f"results/runs/{ref}/checkpoints"
+
+
+def get_reference_path(wildcards):
+    """The reference model's folder: the base, or the final checkpoint of the reference run."""
+    ref = RUNS[wildcards.run]["reference"]
+    return (
+        base_model_dir() if ref == BASE else f"results/runs/{ref}/checkpoints/step-{RUNS[ref]['checkpoint_steps'][-1]}"
+    )
 
 
 def get_eval_tasks(wildcards):
@@ -220,7 +235,7 @@ def get_kl_reference():
 
 
 def analysis_spec():
-    keys = ("method", "checkpoint_steps", "group", "seed")
+    keys = ("method", "checkpoint_steps", "group", "seed", "reference")
     runs = {name: {key: spec[key] for key in keys} for name, spec in RUNS.items()}
     return {
         "runs": runs,

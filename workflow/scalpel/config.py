@@ -188,7 +188,8 @@ def resolve_import(config: dict, name: str, run: dict) -> dict:
             if key in source:
                 raise ConfigError(f"{where}.source.{key} applies to a hub repo, not to a local folder")
         locations = {"folders": import_folders(source, steps, f"{where}.source")}
-    return {"name": name, "method": IMPORT, "source": copy.deepcopy(source), **locations,
+    extra = {"reference": run["reference"]} if "reference" in run else {}
+    return {"name": name, "method": IMPORT, "source": copy.deepcopy(source), **locations, **extra,
             "checkpoint_steps": list(steps), "steps": steps[-1], "args": {}, "seed": config.get("seed", 0),
             "launch": {}, "model_dtype": config.get("model", {}).get("dtype", "float32")}
 
@@ -228,6 +229,12 @@ def resolve_runs(config: dict) -> dict[str, dict]:
             if one["name"] in config["runs"]:
                 raise ConfigError(f"runs.{one['name']}: the name of seed {seed} of run {name}; rename one of them")
             runs[one["name"]] = one
+    for name, spec in runs.items():
+        ref = spec.setdefault("reference", BASE)
+        if ref == name or (ref != BASE and ref not in runs):
+            what = "itself" if ref == name else f"no run named {ref!r}"
+            raise ConfigError(f"runs.{spec['group']}.reference: {what}; give {BASE} (the default: the base model) or "
+                              f"another run, whose final checkpoint is then the reference (runs: {', '.join(runs)})")
     return runs
 
 
