@@ -243,7 +243,7 @@ def test_folder_checkpoints_are_linked_and_a_pickled_only_folder_is_refused(tiny
     linked = tmp_path / "out" / "step-1"
     assert (linked / "model.safetensors").resolve() == (tmp_path / "copy/step-1/model.safetensors").resolve()
     assert not (linked / "training_args.bin").exists()
-    assert provenance["1"]["folder"] == str(tmp_path / "copy" / "step-1")
+    assert provenance["1"]["folder"] == str(tmp_path / "copy" / "step-1") and provenance["1"]["dtypes"] == ["F32"]
     (tmp_path / "pickled").mkdir()
     (tmp_path / "pickled" / "pytorch_model.bin").write_text("pickle")
     spec = _runs(p={"method": "import", "source": {"folder": str(tmp_path / "pickled"), "subfolder": ".",
@@ -343,6 +343,9 @@ def test_imported_folder_checkpoints_are_diffed_against_the_base(tiny, tmp_path)
     assert not (work / "results/runs/copied/state").exists() and "train_" not in proc.stderr
     provenance = json.loads((work / "results/runs/copied/import.json").read_text())
     assert provenance["steps"]["1"]["folder"] == str(work / "copy" / "step-1")
+    assert (provenance["steps"]["1"]["dtypes"], provenance["steps"]["2"]["dtypes"]) == (["F32"], ["BF16"])
+    log = (work / "logs/import_checkpoints/copied.log").read_text()
+    assert "copied step 2 is stored in BF16, not the study's float32" in log and "step 1 is stored" not in log
     assert (work / "results/runs/copied/checkpoints/step-1/model.safetensors").is_symlink()
     first = pd.read_parquet(work / targets[0])
     q = first[(first["layer"] == 0) & (first["module"] == "q_proj")]["rel_update"].item()

@@ -61,6 +61,7 @@ rule import_checkpoints:
         "../../envs/train.yaml"
     params:
         manifest=lambda wildcards, input: ["--manifest", input.manifest] if input.manifest else [],
+        dtype=config["model"]["dtype"],
     shell:
         "python -m scalpel import-checkpoints --spec {input.spec:q} {params.manifest:q} --out {output.checkpoints:q}"
-        " --provenance {output.provenance:q} > {log:q} 2>&1"
+        " --dtype {params.dtype:q} --provenance {output.provenance:q} > {log:q} 2>&1"

@@ -16,6 +16,7 @@ from scalpel import hub
 from scalpel.io import check_safetensors, read_yaml, write_json
 
 log = logging.getLogger(__name__)
+SAFETENSORS_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # header names, lower-cased
 
 
 def model_files(folder: Path, where: str) -> list[Path]:
@@ -30,6 +31,17 @@ def model_files(folder: Path, where: str) -> list[Path]:
         hint = f" (only pickled weights, never read: {', '.join(pickled)})" if pickled else ""
         raise FileNotFoundError(f"{where}: no *.safetensors weights in {folder}{hint}")
     return files
+
+
+def stored_dtypes(folder: Path) -> list[str]:
+    """The dtypes a checkpoint's weights are stored in, read from the safetensors headers (no tensor is read)."""
+    from safetensors import safe_open
+
+    dtypes = set()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(f, framework="pt") as weights:
+            dtypes |= {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    return sorted(dtypes)
 
 
 def checkpoint_sources(spec: dict, manifest: dict | None) -> dict[int, tuple[Path, dict]]:
@@ -53,9 +65,10 @@ def checkpoint_sources(spec: dict, manifest: dict | None) -> dict[int, tuple[Pat
     return out
 
 
-def link_checkpoints(spec: dict, manifest: dict | None, out_dir: Path) -> dict:
+def link_checkpoints(spec: dict, manifest: dict | None, out_dir: Path, dtype: str | None = None) -> dict:
     """Link each checkpoint's model files into out_dir/step-<N>/ (symlinks to absolute paths: nothing is copied);
-    returns the provenance of each step. Every checkpoint is checked before anything is written."""
+    returns the provenance of each step, with the dtypes its weights are stored in, and says so when they are not
+    `dtype` (the study's model.dtype). Every checkpoint is checked before anything is written."""
     sources = checkpoint_sources(spec, manifest)
     if sorted(sources) != sorted(spec["checkpoint_steps"]):
         raise ValueError(f"run {spec['name']}: sources for steps {sorted(sources)}, not {spec['checkpoint_steps']}")
@@ -67,8 +80,13 @@ def link_checkpoints(spec: dict, manifest: dict | None, out_dir: Path) -> dict:
         for f in files[step]:
             (step_dir / f.name).symlink_to(os.path.abspath(f))
         check_safetensors(step_dir)
-        provenance[str(step)] = {**origin, "files": [f.name for f in files[step]]}
-        log.info("run %s step %d: %s", spec["name"], step, origin)
+        dtypes = stored_dtypes(step_dir)
+        provenance[str(step)] = {**origin, "files": [f.name for f in files[step]], "dtypes": dtypes}
+        log.info("run %s step %d: %s, stored in %s", spec["name"], step, origin, ", ".join(dtypes))
+        if dtype and any(d.lower() != SAFETENSORS_DTYPES.get(dtype, dtype) for d in dtypes):
+            log.warning("run %s step %d is stored in %s, not the study's %s: evaluation and KL load it in %s (model."
+                        "dtype), and diff compares it with the reference cast to its own dtype (diff.dtype_mismatch)",
+                        spec["name"], step, ", ".join(dtypes), dtype, dtype)
     return provenance
 
 
@@ -78,6 +96,7 @@ def add_parser(subparsers) -> None:
     ap.add_argument("--spec", required=True, help="the run's spec.yaml (method import)")
     ap.add_argument("--manifest", default=None, help="prefetch manifest with the commits of a hub source")
     ap.add_argument("--out", required=True, help="results/runs/<run>/checkpoints")
+    ap.add_argument("--dtype", default=None, help="the study's model.dtype: a checkpoint stored otherwise is said")
     ap.add_argument("--provenance", required=True, help="JSON to write: each step's source, revision and commit")
     ap.set_defaults(func=main)
 
@@ -86,5 +105,5 @@ def main(args) -> None:
     log.info(hub.describe_environment())
     spec = read_yaml(args.spec)
     manifest = json.loads(Path(args.manifest).read_text()) if args.manifest else None
-    provenance = link_checkpoints(spec, manifest, Path(args.out))
+    provenance = link_checkpoints(spec, manifest, Path(args.out), args.dtype)
     write_json({"run": spec["name"], "steps": provenance}, args.provenance)
