@@ -383,3 +383,52 @@ def test_published_checkpoint_configs_dry_run_with_no_training(name, runs, check
     assert not any(job.startswith("train_") for job in counts)
     assert counts["import_checkpoints"] == len(resolved) and counts["diff"] == counts["kl"] == checkpoints
     assert counts["evaluate"] == checkpoints + 1 and "results/prefetch/checkpoints.json" in proc.stdout
+
+
+@pytest.mark.integration
+def test_a_trained_runs_checkpoints_imported_from_a_folder_give_identical_results(tmp_path):
+    """The done-when of issue 18 in small: a trained SFT run's checkpoint copied to a folder and imported as a second
+    run is evaluated, diffed, KL-measured and weight-analysed exactly as the trained one."""
+    import pandas as pd
+
+    smoke = yaml.safe_load((ROOT / "tests/smoke/config.yaml").read_text())
+    config = {**smoke, "runs": {"sft": {"method": "sft", "steps": 2, "checkpoints": 1}},
+              "eval": {**smoke["eval"], "tasks": {"knowledge": ["mini_facts"]}, "final_only": [], "samples": {},
+                       "primary_metrics": {"mini_facts": "acc"}}}
+    config["model"]["build"] = {**config["model"]["build"], "pretrain_steps": 10}
+    work = tmp_path / "work"
+    outputs = ["results/eval/{run}/step-2.tsv", "results/diff/{run}/step-2.parquet", "results/kl/{run}/step-2.json",
+               "results/weights/update/{run}/step-2.parquet"]
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+
+    def run(cfg, name):
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+               "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", *[o.format(run=name) for o in outputs]]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        return proc
+
+    run(config, "sft")
+    shutil.copytree(work / "results/runs/sft/checkpoints", tmp_path / "copy")
+    config["runs"]["copied"] = {"method": "import", "source": {"folder": str(tmp_path / "copy"), "steps": [2]}}
+    proc = run(config, "copied")
+    assert "train_sft" not in proc.stderr  # the trained run is not retrained by adding the imported one
+
+    def same(a, b):
+        return a.drop(columns="run").reset_index(drop=True).equals(b.drop(columns="run").reset_index(drop=True))
+
+    evals = [tables_read(work / outputs[0].format(run=r)) for r in ("sft", "copied")]
+    assert len(evals[0]) and same(*evals)
+    for template in (outputs[1], outputs[3]):
+        assert same(*[pd.read_parquet(work / template.format(run=r)) for r in ("sft", "copied")])
+    kls = [json.loads((work / outputs[2].format(run=r)).read_text()) for r in ("sft", "copied")]
+    paths = ("run", "checkpoint")  # the run's name and its checkpoint's path
+    assert {k: v for k, v in kls[0].items() if k not in paths} == {k: v for k, v in kls[1].items() if k not in paths}
+    assert kls[0]["mean_kl"] > 0
+
+
+def tables_read(path):
+    from scalpel.io import read_tsv
+
+    return read_tsv(path)
