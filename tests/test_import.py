@@ -432,3 +432,22 @@ def tables_read(path):
     from scalpel.io import read_tsv
 
     return read_tsv(path)
+
+
+def test_changing_a_reference_rewrites_no_run_spec(tmp_path):
+    """The reference is no training setting: it stays out of spec.yaml, so changing it retrains and reimports
+    nothing."""
+    (tmp_path / "copy" / "step-1").mkdir(parents=True)
+    config = {"runs": {"grpo": {"method": "grpo", "steps": 2, "checkpoints": 1},
+                       "copied": {"method": "import", "reference": "grpo", "source": {"folder": "copy", "steps": [1]}}}}
+    specs = ["results/runs/grpo/spec.yaml", "results/runs/copied/spec.yaml"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", *specs]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert all("reference" not in yaml.safe_load((tmp_path / s).read_text()) for s in specs)
+    config["runs"]["copied"]["reference"] = "base"
+    proc = _dry_run(tmp_path, config, *specs)
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
