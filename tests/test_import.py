@@ -294,9 +294,11 @@ def test_a_run_with_another_runs_reference_is_compared_with_its_final_checkpoint
     shells = [line for line in proc.stdout.splitlines() if "python -m scalpel diff" in line or "scalpel kl" in line]
     assert len(shells) == 3
     for line in shells:
-        against = "results/runs/grpo/checkpoints/step-2" if "--run copied" in line else "results/models/base"
+        against = "results/references/grpo" if "--run copied" in line else "results/models/base"
         assert f"--base {against} " in line, line
-    assert _job_counts(proc.stdout)["train_grpo"] == 1  # the reference's checkpoints are made first
+    counts = _job_counts(proc.stdout)
+    assert counts["train_grpo"] == counts["reference_model"] == 1  # the reference's checkpoints are made first
+    assert "results/references/grpo" in proc.stdout and "results/runs/grpo/checkpoints/step-2" in proc.stdout
 
 
 def test_dry_run_of_a_hub_import_plans_its_prefetch_and_a_missing_folder_fails_the_plan(tmp_path):

@@ -14,13 +14,12 @@ rule diff:
         "../../envs/analysis.yaml"
     threads: 1
     params:
-        ref_model=get_reference_path,
         checkpoint=get_checkpoint_path,
         dtype_mismatch=config["diff"]["dtype_mismatch"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel diff --base {params.ref_model:q}"
-        " --checkpoint {params.checkpoint:q} --dtype-mismatch {params.dtype_mismatch:q} --run {wildcards.run}"
-        " --step {wildcards.step} --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scalpel diff --base {input.base:q} --checkpoint {params.checkpoint:q}"
+        " --dtype-mismatch {params.dtype_mismatch:q} --run {wildcards.run} --step {wildcards.step} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule kl:
@@ -36,12 +35,11 @@ rule kl:
         "../../envs/analysis.yaml"
     threads: 1
     params:
-        ref_model=get_reference_path,
         checkpoint=get_checkpoint_path,
         dtype=config["model"]["dtype"],
         limit=["--limit", config["kl"]["limit"]] if config["kl"]["limit"] else [],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel kl --base {params.ref_model:q} --checkpoint {params.checkpoint:q}"
+        "OMP_NUM_THREADS={threads} python -m scalpel kl --base {input.base:q} --checkpoint {params.checkpoint:q}"
         " --reference {input.reference:q} --run {wildcards.run} --step {wildcards.step} --dtype {params.dtype:q}"
         " {params.limit:q} --out {output:q} > {log:q} 2>&1"
 
@@ -84,11 +82,10 @@ rule weights_update:
         "../../envs/analysis.yaml"
     threads: 1
     params:
-        ref_model=get_reference_path,
         checkpoint=get_checkpoint_path,
         dtype_mismatch=config["diff"]["dtype_mismatch"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel weights update --base {params.ref_model:q}"
+        "OMP_NUM_THREADS={threads} python -m scalpel weights update --base {input.base:q}"
         " --checkpoint {params.checkpoint:q} --run {wildcards.run} --step {wildcards.step}"
         " --dtype-mismatch {params.dtype_mismatch:q} --out {output:q} > {log:q} 2>&1"
 
@@ -105,14 +102,13 @@ rule weights_spectral:
         "../../envs/analysis.yaml"
     threads: 1
     params:
-        ref_model=get_reference_path,
         checkpoints=lambda wildcards: [a for c in get_spectral_checkpoints(wildcards) for a in ("--checkpoint", c)],
         ks=config["weights"]["top_k"],
         dtype_mismatch=config["diff"]["dtype_mismatch"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel weights spectral --base {params.ref_model:q}"
-        " {params.checkpoints:q} --run {wildcards.run} --ks {params.ks} --dtype-mismatch {params.dtype_mismatch:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m scalpel weights spectral --base {input.base:q} {params.checkpoints:q}"
+        " --run {wildcards.run} --ks {params.ks} --dtype-mismatch {params.dtype_mismatch:q} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule weights_align:
@@ -139,3 +135,24 @@ rule weights_align:
         " --checkpoint-a {input.a:q}/step-{params.step_a} --run-a {wildcards.run_a} --step-a {params.step_a}"
         " --checkpoint-b {input.b:q}/step-{params.step_b} --run-b {wildcards.run_b} --step-b {params.step_b}"
         " --dtype-mismatch {params.dtype_mismatch:q} --out {output:q} > {log:q} 2>&1"
+
+
+# Another run's final checkpoint as a reference (config runs.<name>.reference): its files linked into a folder of its
+# own, which the analyses above take as they take the base.
+rule reference_model:
+    input:
+        "results/runs/{ref}/checkpoints",
+    output:
+        directory("results/references/{ref}"),
+    log:
+        "logs/reference_model/{ref}.log",
+    wildcard_constraints:
+        ref="|".join(RUNS),
+    localrule: True
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        step=lambda wildcards: RUNS[wildcards.ref]["checkpoint_steps"][-1],
+    shell:
+        "mkdir -p {output:q} && for f in {input:q}/step-{params.step}/*;"
+        ' do ln -s "$(realpath "$f")" {output:q}/"$(basename "$f")"; done > {log:q} 2>&1'

@@ -133,18 +133,10 @@ def get_checkpoint_path(wildcards):
 
 
 def get_reference_dir(wildcards):
-    """What a run's checkpoints are compared with (config runs.<name>.reference): the base model, or the folder of
-    another run's checkpoints (an input, so that run is made first)."""
+    """What a run's checkpoints are compared with (config runs.<name>.reference): the base model, or another run's
+    final checkpoint, linked into results/references/<run> (rule reference_model)."""
     ref = RUNS[wildcards.run]["reference"]
-    return base_model_dir() if ref == BASE else f"results/runs/{ref}/checkpoints"
-
-
-def get_reference_path(wildcards):
-    """The reference model's folder: the base, or the final checkpoint of the reference run."""
-    ref = RUNS[wildcards.run]["reference"]
-    return (
-        base_model_dir() if ref == BASE else f"results/runs/{ref}/checkpoints/step-{RUNS[ref]['checkpoint_steps'][-1]}"
-    )
+    return base_model_dir() if ref == BASE else f"results/references/{ref}"
 
 
 def get_eval_tasks(wildcards):
