@@ -122,7 +122,7 @@ def test_prefetch_command_args():
         "model": ["--model", "allenai/OLMo-2-1124-7B-Instruct", "--model-revision", "abc123"],
         "data": ["--dataset", "open-r1/OpenR1-Math-220k", "--dataset-config", "extended", "--dataset-split", "train",
                  "--math500", "HuggingFaceH4/MATH-500"],
-        "eval": ["--tasks", "hendrycks_math500,gsm8k,mmlu"]}
+        "eval": ["--tasks", "hendrycks_math500,gsm8k,mmlu"], "checkpoints": []}  # no imported run (test_import)
     mini = _config(eval__tasks={"facts": ["mini_facts"]})
     assert prefetch.command_args(mini, "model") == prefetch.command_args(mini, "data") == []
     assert prefetch.command_args(mini, "eval", "results/data/lm_eval_tasks") == [

@@ -373,3 +373,36 @@ def test_summary_carries_swept_values_as_columns():
     assert with_sweeps(summary, {"grpo": runs["grpo"]}).equals(summary)
     with pytest.raises(ValueError, match="swept key 'mini_facts' is already a column"):
         with_sweeps(summary, {"x": {"swept": {"mini_facts": 1}}})
+
+
+def test_update_and_kl_tables_say_which_reference_each_row_used(tmp_path):
+    import json as _json
+
+    runs = {"a": {"method": "grpo", "checkpoint_steps": [5, 10]},
+            "b": {"method": "import", "checkpoint_steps": [3], "reference": "a"}}
+    for run, step in (("a", 10), ("b", 3)):
+        pd.DataFrame({"run": [run], "step": [step], "layer": [0], "module": ["q_proj"], "rel_update": [0.1]}) \
+            .to_parquet(tmp_path / f"{run}.parquet")
+        (tmp_path / f"{run}.json").write_text(_json.dumps({"run": run, "step": step, "mean_kl": 0.1,
+                                                           "mean_seq_kl": 1.0, "n_examples": 2}))
+    updates = tables.updates_table([tmp_path / "a.parquet", tmp_path / "b.parquet"], runs)
+    assert list(updates.reference) == ["base", "a@10"]
+    kl = tables.kl_table([tmp_path / "a.json", tmp_path / "b.json"], runs)
+    assert list(kl.reference) == ["base", "a@10"]
+
+
+def test_tables_and_figures_take_an_imported_run(inputs):
+    """A run of method import (issue 18), compared with another run's final checkpoint, through every table and
+    figure as a trained one."""
+    tmp_path, eval_files, diff_files, spec = inputs
+    runs = {**RUNS, "2e-6": {"method": "import", "checkpoint_steps": [10, 20], "reference": "scalpel"}}
+    spec.write_text(yaml.safe_dump({**yaml.safe_load(spec.read_text()), "runs": runs}, sort_keys=False))
+    cli.main(["tables", "--eval", *map(str, eval_files), "--diff", *map(str, diff_files), "--spec", str(spec),
+              "--outdir", str(tmp_path / "tables")])
+    updates = tables.read_tsv(tmp_path / "tables" / "updates.tsv")
+    assert set(updates[updates.run == "2e-6"].method) == {"import"}
+    assert set(updates[updates.run == "2e-6"].reference) == {"scalpel@10"}
+    assert list(tables.read_tsv(tmp_path / "tables" / "ratios.tsv").denominator) == ["scalpel"]
+    assert list(tables.read_tsv(tmp_path / "tables" / "summary.tsv").run) == ["base", "hammer", "scalpel", "2e-6"]
+    cli.main(["plots", "--tables", str(tmp_path / "tables"), "--spec", str(spec), "--outdir", str(tmp_path / "fig")])
+    assert len(list((tmp_path / "fig").iterdir())) == 6

@@ -1,9 +1,10 @@
-# Weight and output-distribution analyses of every checkpoint against the base (envs/analysis.yaml).
+# Weight and output-distribution analyses of every checkpoint against its run's reference, the base unless
+# runs.<name>.reference names another run (envs/analysis.yaml).
 
 
 rule diff:
     input:
-        base=base_model_dir(),
+        base=get_reference_dir,
         model=get_model_dir,
     output:
         "results/diff/{run}/step-{step}.parquet",
@@ -23,7 +24,7 @@ rule diff:
 
 rule kl:
     input:
-        base=base_model_dir(),
+        base=get_reference_dir,
         model=get_model_dir,
         reference=get_kl_reference(),
     output:
@@ -47,7 +48,7 @@ rule kl:
 # decomposes the base once for all of a run's checkpoints it covers (config weights.spectral).
 rule weights_update:
     input:
-        base=base_model_dir(),
+        base=get_reference_dir,
         model=get_model_dir,
     output:
         "results/weights/update/{run}/step-{step}.parquet",
@@ -67,7 +68,7 @@ rule weights_update:
 
 rule weights_spectral:
     input:
-        base=base_model_dir(),
+        base=get_reference_dir,
         model=get_model_dir,
     output:
         "results/weights/spectral/{run}.parquet",
@@ -110,3 +111,24 @@ rule weights_align:
         " --checkpoint-a {input.a:q}/step-{params.step_a} --run-a {wildcards.run_a} --step-a {params.step_a}"
         " --checkpoint-b {input.b:q}/step-{params.step_b} --run-b {wildcards.run_b} --step-b {params.step_b}"
         " --dtype-mismatch {params.dtype_mismatch:q} --out {output:q} > {log:q} 2>&1"
+
+
+# Another run's final checkpoint as a reference (config runs.<name>.reference): its files linked into a folder of its
+# own, which the analyses above take as they take the base.
+rule reference_model:
+    input:
+        "results/runs/{ref}/checkpoints",
+    output:
+        directory("results/references/{ref}"),
+    log:
+        "logs/reference_model/{ref}.log",
+    wildcard_constraints:
+        ref="|".join(RUNS),
+    localrule: True
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        step=lambda wildcards: RUNS[wildcards.ref]["checkpoint_steps"][-1],
+    shell:
+        "mkdir -p {output:q} && for f in {input:q}/step-{params.step}/*;"
+        ' do ln -s "$(realpath "$f")" {output:q}/"$(basename "$f")"; done > {log:q} 2>&1'

@@ -39,6 +39,7 @@ if workflow.is_main_process:  # not in each job's own parse of the workflow
     print(f"Study settings:\n{study_config.settings_table(config, RUNS)}", file=sys.stderr)
 
 BUILD_BASE = config["model"]["base"] == "build"
+HUB_IMPORTS = any("repos" in spec for spec in RUNS.values())  # imported runs whose checkpoints are on the hub
 SYNTHETIC_DATA = config["data"]["source"] == "synthetic"
 
 # The miniature's data rule writes its own lm-eval tasks; evaluate and prefetch always also search the paper tasks
@@ -70,9 +71,15 @@ def base_model_dir():
 
 
 def get_prefetch_files(wildcards=None):
-    """The prefetch manifests a study needs: one per part (model, data, eval), so that fetching one part again reruns
-    only its consumers. The miniature (built model, synthetic data and tasks) needs none."""
-    needed = {"model": not BUILD_BASE, "data": not SYNTHETIC_DATA, "eval": not SYNTHETIC_DATA}
+    """The prefetch manifests a study needs: one per part (model, data, eval, the imported runs' hub checkpoints), so
+    that fetching one part again reruns only its consumers. The miniature (built model, synthetic data and tasks)
+    needs none."""
+    needed = {
+        "model": not BUILD_BASE,
+        "data": not SYNTHETIC_DATA,
+        "eval": not SYNTHETIC_DATA,
+        "checkpoints": HUB_IMPORTS,
+    }
     return [f"results/prefetch/{part}.json" for part, need in needed.items() if need]
 
 
@@ -87,6 +94,16 @@ def get_prefetch_input(wildcards):
 
 def get_prefetch_args(wildcards):
     return study_prefetch.command_args(config, wildcards.part, LOCAL_TASK_DIR)
+
+
+def get_import_manifest(wildcards):
+    """An input of import_checkpoints: the commits prefetch resolved, for a run whose checkpoints are on the hub."""
+    return "results/prefetch/checkpoints.json" if "repos" in RUNS[wildcards.run] else []
+
+
+def get_import_folders(wildcards):
+    """An input of import_checkpoints: the folders of a local source (a missing one fails the plan)."""
+    return list(RUNS[wildcards.run].get("folders", {}).values())
 
 
 def checkpoints_of(run):
@@ -113,6 +130,13 @@ def get_checkpoint_path(wildcards):
     if wildcards.run == BASE:
         return base_model_dir()
     return f"results/runs/{wildcards.run}/checkpoints/step-{wildcards.step}"
+
+
+def get_reference_dir(wildcards):
+    """What a run's checkpoints are compared with (config runs.<name>.reference): the base model, or another run's
+    final checkpoint, linked into results/references/<run> (rule reference_model)."""
+    ref = RUNS[wildcards.run]["reference"]
+    return base_model_dir() if ref == BASE else f"results/references/{ref}"
 
 
 def get_eval_tasks(wildcards):
@@ -203,7 +227,7 @@ def get_kl_reference():
 
 
 def analysis_spec():
-    keys = ("method", "checkpoint_steps", "group", "seed", "sweep_of", "swept")
+    keys = ("method", "checkpoint_steps", "group", "seed", "sweep_of", "swept", "reference")
     runs = {name: {key: spec[key] for key in keys} for name, spec in RUNS.items()}
     return {
         "runs": runs,

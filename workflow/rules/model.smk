@@ -40,3 +40,28 @@ else:
         shell:
             "python -m scalpel import-base --source {params.source:q} {params.revision:q}"
             " --chat-template {params.chat_template:q} --outdir {output.model:q} > {log:q} 2>&1"
+
+
+# An imported run's existing checkpoints (config runs.<name>.source), linked where training would publish them: every
+# later rule reads them unchanged, and no training rule matches the run.
+rule import_checkpoints:
+    input:
+        spec="results/runs/{run}/spec.yaml",
+        manifest=get_import_manifest,
+        folders=get_import_folders,
+    output:
+        checkpoints=directory("results/runs/{run}/checkpoints"),
+        provenance="results/runs/{run}/import.json",
+    log:
+        "logs/import_checkpoints/{run}.log",
+    wildcard_constraints:
+        run=method_constraint(study_config.IMPORT),
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
+    params:
+        manifest=lambda wildcards, input: ["--manifest", input.manifest] if input.manifest else [],
+        dtype=config["model"]["dtype"],
+    shell:
+        "python -m scalpel import-checkpoints --spec {input.spec:q} {params.manifest:q} --out {output.checkpoints:q}"
+        " --dtype {params.dtype:q} --provenance {output.provenance:q} > {log:q} 2>&1"

@@ -18,6 +18,7 @@ COMMANDS = {
     "openr1": "data.openr1",
     "base-model": "model.base",
     "import-base": "model.base",
+    "import-checkpoints": "model.imported",
     "launch": "train.launch",
     "vllm-server": "train.vllm_server",
     "train": "train.trainer",

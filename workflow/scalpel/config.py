@@ -5,9 +5,11 @@ import copy
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 
 METHODS = ("grpo", "sft")
+IMPORT = "import"  # a run whose checkpoints already exist (a hub repository or a folder): nothing is trained
 BASE = "base"  # the base model's run name in every table and path; no run may take it
 
 
@@ -81,11 +83,15 @@ def resolve_run(config: dict, name: str) -> dict:
     run = _inherited(name, runs)
     run.pop("inherit", None)
     run.pop("sweep", None)
+    if run.get("method") == IMPORT:
+        return resolve_import(config, name, run)
     for key in ("method", "steps", "checkpoints"):
         if key not in run:
             raise ConfigError(f"runs.{name}.{key} is required (directly or through inherit)")
     if run["method"] not in METHODS:
-        raise ConfigError(f"runs.{name}.method must be one of {METHODS}, not {run['method']!r}")
+        raise ConfigError(f"runs.{name}.method must be one of {METHODS + (IMPORT,)}, not {run['method']!r}")
+    if "source" in run:
+        raise ConfigError(f"runs.{name}.source: only a run with method: {IMPORT} reads its checkpoints from a source")
     if run.get("freeze") and run.get("train_only"):
         raise ConfigError(f"runs.{name}: give freeze or train_only, not both")
     defaults = config.get("train_defaults", {}).get(run["method"], {})
@@ -107,6 +113,92 @@ def resolve_run(config: dict, name: str) -> dict:
             if key in run["args"]:
                 raise ConfigError(f"runs.{name}.args.{key} is derived from runs.{name}.global_batch_size")
     return run
+
+
+TRAINING_KEYS = ("steps", "checkpoints", "freeze", "train_only", "args", "seeds", "global_batch_size")
+
+
+def import_revisions(source: dict, steps: list[int], where: str) -> dict[int, str]:
+    """step -> the hub revision (branch, tag or commit) of that checkpoint: `source.revision` formatted with the step
+    (`v01.14-step-{step:09d}`), or `source.revisions` listed one per step; `main` when neither is given and each step
+    has its own repository."""
+    if "revisions" in source:
+        revisions = source["revisions"]
+        if len(revisions) != len(steps):
+            raise ConfigError(f"{where}.revisions: {len(revisions)} revisions for {len(steps)} steps")
+        return dict(zip(steps, revisions))
+    one_repo = isinstance(source["repo"], str)
+    template = source.get("revision", None if one_repo and len(steps) > 1 else "main")
+    if template is None:
+        raise ConfigError(f"{where}: a hub source of several steps in one repo needs revision (a template over "
+                          "{step}) or revisions")
+    if one_repo and len(steps) > 1 and "{step" not in template:
+        raise ConfigError(f"{where}.revision: {template!r} names one revision for {len(steps)} steps; use {{step}}")
+    try:
+        return {step: template.format(step=step) for step in steps}
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"{where}.revision: {template!r} is not a template over {{step}} ({err})") from None
+
+
+def import_repos(source: dict, steps: list[int], where: str) -> dict[int, str]:
+    """step -> the hub repository of that checkpoint: one repository for all, or one per step (a stage chain)."""
+    repos = source["repo"]
+    if isinstance(repos, str):
+        return dict.fromkeys(steps, repos)
+    if len(repos) != len(steps):
+        raise ConfigError(f"{where}.repo: {len(repos)} repositories for {len(steps)} steps")
+    return dict(zip(steps, repos))
+
+
+def import_folders(source: dict, steps: list[int], where: str) -> dict[int, str]:
+    """step -> the local folder of that checkpoint: `source.folder`/`source.subfolder` formatted with the step (one
+    subfolder per step, `step-{step}` by default), or the folder itself for a single checkpoint (`subfolder: .`)."""
+    subfolder = source.get("subfolder", "step-{step}")
+    if len(steps) > 1 and "{step" not in subfolder:
+        raise ConfigError(f"{where}.subfolder: {subfolder!r} names one folder for {len(steps)} steps; use {{step}}")
+    try:
+        return {step: os.path.normpath(os.path.join(source["folder"], subfolder.format(step=step))) for step in steps}
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"{where}.subfolder: {subfolder!r} is not a template over {{step}} ({err})") from None
+
+
+def resolve_import(config: dict, name: str, run: dict) -> dict:
+    """The spec of an imported run: its checkpoints' steps and, per step, the hub revision or local folder they are
+    read from. Nothing is trained, so no training key applies."""
+    where = f"runs.{name}"
+    stray = [key for key in TRAINING_KEYS if key in run]
+    if stray:
+        raise ConfigError(f"{where}.{stray[0]}: a run with method: {IMPORT} is not trained (its checkpoints are read "
+                          f"from {where}.source)")
+    source = run.get("source")
+    if not source:
+        raise ConfigError(f"{where}.source is required for method: {IMPORT} (a hub repo or a local folder)")
+    if ("repo" in source) == ("folder" in source):
+        raise ConfigError(f"{where}.source: give repo (a hub repository) or folder (a local folder), one of them")
+    steps = source.get("steps")
+    if not steps:
+        raise ConfigError(f"{where}.source.steps is required: the training step of each checkpoint, in order")
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ConfigError(f"{where}.source.steps must increase: {steps}")
+    if "repo" in source:
+        for key in ("subfolder",):
+            if key in source:
+                raise ConfigError(f"{where}.source.{key} applies to a local folder, not to a hub repo")
+        locations = {"repos": import_repos(source, steps, f"{where}.source"),
+                     "revisions": import_revisions(source, steps, f"{where}.source")}
+    else:
+        for key in ("revision", "revisions"):
+            if key in source:
+                raise ConfigError(f"{where}.source.{key} applies to a hub repo, not to a local folder")
+        locations = {"folders": import_folders(source, steps, f"{where}.source")}
+    extra = {"reference": run["reference"]} if "reference" in run else {}
+    return {"name": name, "method": IMPORT, "source": copy.deepcopy(source), **locations, **extra,
+            "checkpoint_steps": list(steps), "steps": steps[-1], "args": {}, "seed": config.get("seed", 0),
+            "launch": {}, "model_dtype": config.get("model", {}).get("dtype", "float32")}
+
+
+def is_imported(spec: dict) -> bool:
+    return spec["method"] == IMPORT
 
 
 def seeded_name(name: str, seed: int) -> str:
@@ -201,6 +293,9 @@ def resolve_runs(config: dict) -> dict[str, dict]:
     for name in config["runs"]:
         for swept in sweep_combinations(config, name):
             spec = _resolve_swept(config, name, swept)
+            if is_imported(spec):
+                runs[name] = {**spec, "group": name}
+                continue
             label = spec["name"]
             what = f"sweep {swept} of run {name}" if swept else f"run {name}"
             seeds = spec.pop("seeds", None) or config.get("train_seeds") or []
@@ -221,6 +316,12 @@ def resolve_runs(config: dict) -> dict[str, dict]:
                 one["args"]["seed"] = one["seed"] = seed
                 one.update(name=seeded_name(label, seed), group=label)
                 add(one, f"seed {seed} of {what}")
+    for name, spec in runs.items():
+        ref = spec.setdefault("reference", BASE)
+        if ref == name or (ref != BASE and ref not in runs):
+            what = "itself" if ref == name else f"no run named {ref!r}"
+            raise ConfigError(f"runs.{spec['group']}.reference: {what}; give {BASE} (the default: the base model) or "
+                              f"another run, whose final checkpoint is then the reference (runs: {', '.join(runs)})")
     return runs
 
 
@@ -305,7 +406,8 @@ def settings_table(config: dict, runs: dict[str, dict]) -> str:
         rows.append((name, spec["method"], str(spec["steps"]), str(len(spec["checkpoint_steps"])),
                      f"{args.get('learning_rate', '-'):g}" if "learning_rate" in args else "-",
                      str(spec.get("global_batch_size", "-")), str(args.get("per_device_train_batch_size", "-")),
-                     str(args.get("bf16", False)), str(args.get("gradient_checkpointing", "-")), frozen))
+                     str(args.get("bf16", "-" if is_imported(spec) else False)),
+                     str(args.get("gradient_checkpointing", "-")), frozen))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)

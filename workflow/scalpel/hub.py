@@ -55,6 +55,29 @@ def model_snapshot(source: str, revision: str | None = None) -> Path:
     return Path(snapshot_download(source, revision=revision, allow_patterns=MODEL_FILE_PATTERNS))
 
 
+def checkpoint_snapshot(repo: str, revision: str, cached_only: bool = False) -> Path:
+    """The snapshot of one revision (branch, tag or commit) of a hub repository holding checkpoints, downloaded with
+    the model files only (no pickled weights, no code) when online, read from the HF cache offline or with
+    `cached_only` (how jobs read a commit that prefetch recorded); an error naming the repository and revision when
+    the revision is missing or holds no *.safetensors weights."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RevisionNotFoundError
+
+    where = f"{repo} at revision {revision}"
+    try:
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=MODEL_FILE_PATTERNS,
+                                        local_files_only=cached_only))
+    except RevisionNotFoundError as err:
+        raise FileNotFoundError(f"{where}: no such revision on the hub ({err})") from None
+    except LocalEntryNotFoundError as err:
+        raise FileNotFoundError(f"{where}: not in the HF cache (run the prefetch rule with network) ({err})") from None
+    except OfflineModeIsEnabled as err:  # a commit offline, without its cached file listing
+        raise FileNotFoundError(f"{where}: not readable offline ({err})") from None
+    if not any(f.name.endswith(".safetensors") for f in folder.iterdir() if f.is_file()):
+        raise FileNotFoundError(f"{where}: no *.safetensors weights (pickled weights, *.bin or *.pt, are never read)")
+    return folder
+
+
 def weight_files(folder: Path, source: str) -> list[Path]:
     """The model's *.safetensors files (what training, diff and KL read); an error when there are none."""
     weights = sorted(f for f in Path(folder).iterdir() if f.is_file() and f.name.endswith(".safetensors"))

@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from scalpel import config as study_config
 from scalpel import hub
 from scalpel.io import write_json
 
@@ -24,6 +25,22 @@ def fetch_model(source: str, revision: str | None) -> dict:
     files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()}
     return {"source": source, "revision": revision, "commit": hub.commit_of(folder), "path": str(folder),
             "files": files}
+
+
+def fetch_checkpoints(imports: dict) -> dict:
+    """Each imported run's hub checkpoints, one revision of one repository after the other: every revision (branch,
+    tag or commit) resolved to the commit it points to now, which the jobs then read offline."""
+    out = {}
+    for run, spec in imports.items():
+        steps = {}
+        for step, revision in spec["revisions"].items():
+            repo = spec["repos"][step]
+            folder = hub.checkpoint_snapshot(repo, revision)
+            commit = hub.commit_of(folder)
+            steps[str(step)] = {"repo": repo, "revision": revision, "commit": commit, "path": str(folder)}
+            log.info("run %s step %s: %s at %s is commit %s", run, step, repo, revision, commit)
+        out[run] = {"steps": steps}
+    return out
 
 
 def fetch_dataset(source: str, config: str | None, split: str, revision: str | None, columns) -> dict:
@@ -99,6 +116,8 @@ def prefetch(args) -> dict:
     from scalpel.data import openr1
 
     manifest = {"hf_home": constants.HF_HOME}
+    if args.checkpoints:
+        manifest["checkpoints"] = fetch_checkpoints(json.loads(args.checkpoints))
     if args.model:
         manifest["model"] = fetch_model(args.model, args.model_revision)
         log.info("model %s: %s", args.model, manifest["model"]["path"])
@@ -120,12 +139,12 @@ def prefetch(args) -> dict:
     return manifest
 
 
-PARTS = ("model", "data", "eval")
+PARTS = ("model", "data", "eval", "checkpoints")
 
 
 def command_args(config: dict, part: str, include_path: str | None = None) -> list[str]:
     """The arguments of `python -m scalpel prefetch` for one part of a study's config (the rule quotes them): the base
-    model, the data (OpenR1 and MATH-500) or the eval tasks' datasets."""
+    model, the data (OpenR1 and MATH-500), the eval tasks' datasets or the imported runs' hub checkpoints."""
     model, data = config["model"], config["data"]
     args = []
     if part == "model" and model["base"] != "build":
@@ -135,6 +154,10 @@ def command_args(config: dict, part: str, include_path: str | None = None) -> li
         args += ["--dataset", o["dataset"], "--dataset-config", o["config"], "--dataset-split", o["split"]]
         args += (["--dataset-revision", o["revision"]] if o["revision"] else [])
         args += (["--math500", o["math500"]] if o["math500"] else [])
+    if part == "checkpoints":
+        imports = {name: {"repos": spec["repos"], "revisions": spec["revisions"]}
+                   for name, spec in study_config.resolve_runs(config).items() if "repos" in spec}
+        args += ["--checkpoints", json.dumps(imports)] if imports else []
     tasks = list(dict.fromkeys(t for suite in config["eval"]["tasks"].values() for t in suite))
     if part == "eval" and tasks:
         args += ["--tasks", ",".join(tasks)] + (["--include-path", include_path] if include_path else [])
@@ -153,6 +176,9 @@ def add_parser(subparsers) -> None:
     ap.add_argument("--dataset-split", default="train")
     ap.add_argument("--dataset-revision", default=None)
     ap.add_argument("--math500", default=None, help="hub id or local copy of MATH-500 (the KL reference set)")
+    ap.add_argument("--checkpoints", default=None,
+                    help='imported runs\' hub checkpoints, JSON: '
+                         '{"run": {"repos": {step: repo}, "revisions": {step: revision}}}')
     ap.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
     ap.add_argument("--include-path", default=None, help="folder of local lm-eval task YAMLs")
     ap.add_argument("--nltk-data", default=(os.environ.get("NLTK_DATA") or "").split(os.pathsep)[0] or None,

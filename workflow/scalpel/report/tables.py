@@ -27,6 +27,13 @@ def final_step(runs: dict, run: str) -> int:
     return max(runs[run]["checkpoint_steps"])
 
 
+def reference(runs: dict, run: str) -> str:
+    """What the run's checkpoints were diffed and KL-measured against (config runs.<name>.reference): `base`, or
+    `<run>@<step>`, another run's final checkpoint."""
+    ref = runs[run].get("reference", "base")
+    return ref if ref == "base" else f"{ref}@{final_step(runs, ref)}"
+
+
 def _known(runs: dict, names, where: str) -> None:
     unknown = sorted(set(names) - set(runs))
     if unknown:
@@ -59,18 +66,21 @@ def updates_table(diff_files, runs: dict) -> pd.DataFrame:
     _known(runs, updates.run, "diff tables")
     updates.insert(2, "method", updates.run.map(lambda r: runs[r]["method"]))
     updates.insert(3, "pct_training", 100.0 * updates.step / updates.run.map(lambda r: final_step(runs, r)))
+    updates["reference"] = updates.run.map(lambda r: reference(runs, r))
     return _in_order(updates, ["run", "step", "layer", "module"], runs)
 
 
 def kl_table(kl_files, runs: dict) -> pd.DataFrame:
-    """KL(base || checkpoint) per checkpoint: `kl_per_token` (mean over an example's positions, then over examples:
-    the authors' unit) and `kl_per_sequence_ours` (summed over positions, then averaged: ours only)."""
+    """KL(reference || checkpoint) per checkpoint, the reference being the base unless the run names another (column
+    `reference`): `kl_per_token` (mean over an example's positions, then over examples: the authors' unit) and
+    `kl_per_sequence_ours` (summed over positions, then averaged: ours only)."""
     rows = [json.loads(Path(f).read_text()) for f in kl_files]
     kl = pd.DataFrame([{"run": r["run"], "step": r["step"], "kl_per_token": r["mean_kl"],
                         "kl_per_sequence_ours": r["mean_seq_kl"], "n_examples": r["n_examples"]} for r in rows])
     _known(runs, kl.run, "KL files")
     kl.insert(2, "method", kl.run.map(lambda r: runs[r]["method"]))
     kl.insert(3, "pct_training", 100.0 * kl.step / kl.run.map(lambda r: final_step(runs, r)))
+    kl["reference"] = kl.run.map(lambda r: reference(runs, r))
     return _in_order(kl, ["run", "step"], runs)
 
 
