@@ -230,12 +230,14 @@ def test_gsm8k_cut_is_paper_gsm8k_stopped_at_question(manager, lm):
     assert {i.arguments[1]["until"][0] for i in mine} == {e["stop"][0] for e in LIGHTEVAL["tasks"]["gsm8k"]}
 
 
-def _generator_stops(manager, lm, model, task, record) -> list:
+def _generator_stops(manager, lm, model, task, record, as_task=None) -> list:
     """What `model`, one of our backends, hands the generator for each of `task`'s first two requests as `lm` renders
-    them (max_gen_toks cut to 4, no model run: `record` stands in for the backend's generation call)."""
+    them (max_gen_toks cut to 4, no model run: `record` stands in for the backend's generation call); `as_task`: the
+    same requests under another task's name."""
     from dataclasses import replace
 
-    requests = [replace(i, arguments=(i.arguments[0], dict(i.arguments[1], max_gen_toks=4)))
+    requests = [replace(i, arguments=(i.arguments[0], dict(i.arguments[1], max_gen_toks=4)),
+                        metadata=(as_task or i.task_name, i.doc_id, i.repeats))
                 for i in _instances(_task(manager, task), lm)[:2]]
     record.clear()
     assert model.generate_until(requests) == [""] * len(requests)
@@ -267,6 +269,9 @@ def test_hf_backend_passes_the_generator_lightevals_stops(manager, lm, olmo, tas
 
     monkeypatch.setattr(model, "_model_generate", generate)
     assert _generator_stops(manager, lm, model, task, stops) == [_expected_stops(task)] * 2
+    # any other task (the miniature's, lm-eval's own) keeps lm-eval's rule: its until plus the EOS string
+    eos = model.tok_decode(model.eot_token_id, skip_special_tokens=False)
+    assert _generator_stops(manager, lm, model, task, stops, as_task="mini_x") == [_expected_stops(task) + [eos]] * 2
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +321,27 @@ def test_vllm_backend_passes_the_generator_lightevals_stops(manager, lm, task, v
                           _world_size=1, think_end_token=None, truncation_side="left", cache_hook=CacheHook(None))
     stops = _generator_stops(manager, lm, model, task, params)
     assert [p.stop for p in stops] == [_expected_stops(task)] * 2 and {p.max_tokens for p in stops} == {4}
+    eos = lm.tokenizer.decode(lm.tokenizer.eos_token_id)
+    others = _generator_stops(manager, lm, model, task, params, as_task="mini_x")
+    assert [p.stop for p in others] == [_expected_stops(task) + [eos]] * 2
+
+
+def test_paper_and_other_requests_keep_their_order():
+    from types import SimpleNamespace
+
+    from scalpel.eval import lm_backends
+
+    requests = [SimpleNamespace(task_name=n) for n in ("mini_a", "paper_x", "mini_b", "paper_y")]
+    module = SimpleNamespace(handle_stop_sequences="lm-eval's")
+    seen = []
+
+    def generate(some):
+        seen.append((module.handle_stop_sequences is lm_backends.task_stops, [r.task_name for r in some]))
+        return [r.task_name.upper() for r in some]
+
+    assert lm_backends._generate(requests, generate, module) == ["MINI_A", "PAPER_X", "MINI_B", "PAPER_Y"]
+    assert seen == [(True, ["paper_x", "paper_y"]), (False, ["mini_a", "mini_b"])]
+    assert module.handle_stop_sequences == "lm-eval's"
 
 
 def test_every_paper_task_is_registered_and_mmlu_has_all_57_subjects():

@@ -15,7 +15,8 @@ Stop sequences: with the chat template on, lighteval 0.9.2 gave the generator no
 (vllm/vllm_model.py and transformers/transformers_model.py, `greedy_until`: `if self.use_chat_template:
 stop_tokens = []`); the model stopped at its EOS token (vLLM's and transformers' own EOS ids) or the budget. lm-eval
 appends the EOS string to a task's `until` (lm_eval/models/utils.py `handle_stop_sequences`); both backends here
-pass the task's `until` alone (the paper tasks: none), and still stop at the EOS token as lighteval's did.
+pass the paper tasks' `until` alone (none), and still stop at the EOS token as lighteval's did. Every other task
+(the miniature's, lm-eval's own) keeps lm-eval's rule, its `until` plus the EOS string, with which it was designed.
 """
 from __future__ import annotations
 
@@ -44,6 +45,28 @@ def task_stops(until, eos=None) -> list[str]:
     return handle_stop_sequences(until, eos=None)
 
 
+LIGHTEVAL_TASKS = "paper_"  # the tasks rebuilt from lighteval 0.9.2 (tasks/lm_eval_tasks): its stop rule
+
+
+def _generate(requests, generate, module) -> list[str]:
+    """`generate` (lm-eval's generate_until) over `requests` in their order: the paper tasks' requests with lighteval's
+    stop rule (`task_stops` in `module`), every other task's with lm-eval's."""
+    paper = {i for i, r in enumerate(requests) if r.task_name and r.task_name.startswith(LIGHTEVAL_TASKS)}
+    out = [None] * len(requests)
+    for indices, swap in ((sorted(paper), True), ([i for i in range(len(requests)) if i not in paper], False)):
+        if not indices:
+            continue
+        with _swapped(module, "handle_stop_sequences", task_stops) if swap else _unchanged():
+            for i, text in zip(indices, generate([requests[i] for i in indices]), strict=True):
+                out[i] = text
+    return out
+
+
+@contextmanager
+def _unchanged():
+    yield
+
+
 @contextmanager
 def _swapped(module, name: str, replacement):
     # lm-eval's generate_until looks these functions up in their module at call time; swap one for a call only.
@@ -57,8 +80,8 @@ def _swapped(module, name: str, replacement):
 
 class WholePromptHFLM(HFLM):
     def generate_until(self, requests, disable_tqdm: bool = False):
-        with _swapped(huggingface, "handle_stop_sequences", task_stops):
-            return super().generate_until(requests, disable_tqdm)
+        return _generate(requests, lambda some: super(WholePromptHFLM, self).generate_until(some, disable_tqdm),
+                         huggingface)
 
     def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None, truncation=False):
         ids, mask = super().tok_batch_encode(strings, padding_side=padding_side, left_truncate_len=None,
@@ -76,9 +99,9 @@ def whole_prompt_vllm():
 
     class WholePromptVLLM(vllm_causallms.VLLM):
         def generate_until(self, requests, disable_tqdm: bool = False):
-            with (_swapped(vllm_causallms, "maybe_truncate", rest_of_context),
-                  _swapped(vllm_causallms, "handle_stop_sequences", task_stops)):
-                return super().generate_until(requests, disable_tqdm)
+            with _swapped(vllm_causallms, "maybe_truncate", rest_of_context):
+                return _generate(requests, lambda some: super(WholePromptVLLM, self).generate_until(some, disable_tqdm),
+                                 vllm_causallms)
 
     return WholePromptVLLM
 
