@@ -25,6 +25,8 @@ def test_razor_dry_run_plans_at_least_20_final_checkpoints(tmp_path):
     # One checkpoint per run, the final one: every diff and KL is a final checkpoint, a point of the regression.
     assert counts["diff"] == counts["kl"] == trains == 21 >= 20
     assert counts["evaluate"] == 1 + trains and counts["forgetting"] == 1
+    # A swept study draws its sweeps (the plots rule's extra output), which a study without sweeps lacks.
+    assert "results/figures/sweeps.png" in out.stdout
 
 
 def test_razor_runs_spread_learning_rate_and_length():

@@ -375,6 +375,35 @@ def test_summary_carries_swept_values_as_columns():
         with_sweeps(summary, {"x": {"swept": {"mini_facts": 1}}})
 
 
+def test_sweep_figure_draws_each_sweep_against_its_first_key_one_line_per_other_value(tmp_path):
+    from scalpel.report.tables import with_sweeps
+
+    runs, rows = {}, [{"run": "base", "step": 0}]
+    for lr in (1e-4, 1e-3, 1e-2):
+        for steps in (20, 40):
+            name = f"sft-lr{lr}-steps{steps}"
+            runs[name] = {"method": "sft", "seed": 0, "sweep_of": "sft", "swept": {"learning_rate": lr, "steps": steps}}
+            change = -lr * steps  # known by hand: more lr and more steps, more forgetting
+            rows.append({"run": name, "step": steps, "in_domain_delta": 0.1, "out_of_domain_delta": change,
+                         "out_of_domain_delta_low": change - 0.01, "out_of_domain_delta_high": change + 0.01,
+                         "mean_rel_update": lr})
+    runs["grpo"] = {"method": "grpo", "seed": 0, "sweep_of": "grpo", "swept": {}}
+    rows.append({"run": "grpo", "step": 120, "in_domain_delta": 0.2, "out_of_domain_delta": 0.0,
+                 "mean_rel_update": 0.01})
+    summary = with_sweeps(pd.DataFrame(rows), runs)
+    panels = plots.sweep_figure(summary, runs, tmp_path / "sweeps.png")
+    assert (tmp_path / "sweeps.png").stat().st_size > 0
+    assert set(panels) == {(row, "sft") for row in ("in_domain_delta", "out_of_domain_delta", "mean_rel_update")}
+    ood = panels[("out_of_domain_delta", "sft")]
+    assert ood.get_xscale() == "log" and ood.get_xlabel() == "learning_rate"
+    lines = {bars.get_label(): bars.lines[0] for bars in ood.containers}
+    assert sorted(lines) == ["steps 20", "steps 40"]
+    assert lines["steps 40"].get_xdata().tolist() == [1e-4, 1e-3, 1e-2]
+    assert lines["steps 40"].get_ydata().tolist() == pytest.approx([-0.004, -0.04, -0.4])
+    with pytest.raises(ValueError, match="no run of the study is swept"):
+        plots.sweep_figure(summary, {"grpo": runs["grpo"]}, tmp_path / "none.png")
+
+
 def test_update_and_kl_tables_say_which_reference_each_row_used(tmp_path):
     import json as _json
 

@@ -248,6 +248,14 @@ MINIATURE_CLAIMS = (
 )
 
 
+# The sweeps' figure exists only where some run is swept (runs.<name>.sweep).
+SWEEP_FIGURE = (
+    {"sweeps": report("results/figures/sweeps.png", caption="../report/sweeps.rst", category="Sweeps")}
+    if any(spec["swept"] for spec in RUNS.values())
+    else {}
+)
+
+
 def get_final_outputs():
     return [
         "results/tables/summary.tsv",
@@ -262,4 +270,4 @@ def get_final_outputs():
         "results/figures/weights_alignment.png",
         "results/figures/forgetting.png",
         "results/report/findings.html",
-    ] + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [])
+    ] + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else []) + list(SWEEP_FIGURE.values())

@@ -78,6 +78,7 @@ rule plots:
             caption="../report/differences_final.rst",
             category="Benchmarks",
         ),
+        **SWEEP_FIGURE,
     log:
         "logs/plots/plots.log",
     localrule: True

@@ -242,6 +242,54 @@ def pass_at_k_curves(pass_at_k: pd.DataFrame, runs: dict, out_png) -> dict:
     return axes
 
 
+def sweep_figure(summary: pd.DataFrame, runs: dict, out_png) -> dict:
+    """What each sweep did, from `summary` (config runs.<name>.sweep; columns as report.tables.with_sweeps writes
+    them): one column of panels per swept run, rows the in-domain and out-of-domain change from the base with their
+    95% intervals and the mean relative update, against the sweep's first key (log scale when it spans a factor 10
+    or more), one line per value of its other keys (and per seed). Returns (row, sweep) -> Axes."""
+    swept = {spec["sweep_of"]: list(spec["swept"]) for spec in runs.values() if spec.get("swept")}
+    if not swept:
+        raise ValueError("no run of the study is swept (config runs.<name>.sweep)")
+    rows = [("in_domain_delta", "in-domain change vs base"), ("out_of_domain_delta", "out-of-domain change vs base"),
+            ("mean_rel_update", "mean relative update")]
+    rows = [r for r in rows if r[0] in summary.columns]
+    fig = Figure(figsize=(3.6 * len(swept), 2.6 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), len(swept), squeeze=False)
+    panels = {}
+    for j, (sweep, keys) in enumerate(swept.items()):
+        x, others = keys[0], keys[1:]
+        mine = summary[summary.sweep == sweep].sort_values(x)
+        mine = mine.assign(seed=mine.run.map(lambda r: runs[r]["seed"]))
+        if mine.seed.nunique() > 1:  # sweeps combined with seeds: one line per seed as well
+            others = [*others, "seed"]
+        lines = list(mine.groupby(others, sort=True)) if others else [((), mine)]
+        values = mine[x].astype(float)
+        log_x = bool((values > 0).all() and values.max() >= 10 * values.min())
+        for i, (col, label) in enumerate(rows):
+            ax = panels[(col, sweep)] = axes[i, j]
+            for k, (key, line) in enumerate(lines):
+                key = key if isinstance(key, tuple) else (key,)
+                name = ", ".join(f"{o} {v:g}" if isinstance(v, float) else f"{o} {v}" for o, v in zip(others, key))
+                y = line[col].astype(float)
+                err = None
+                if f"{col}_low" in line.columns:
+                    err = np.vstack([y - line[f"{col}_low"].astype(float), line[f"{col}_high"].astype(float) - y])
+                ax.errorbar(line[x].astype(float), y, yerr=err, marker="o", ms=3, lw=1, capsize=2,
+                            color=colormaps["viridis"](k / max(1, len(lines) - 1)), label=name or sweep)
+            if log_x:
+                ax.set_xscale("log")
+            if col != "mean_rel_update":
+                ax.axhline(0, color=BASE_COLOR, lw=0.8, ls=":")
+            ax.set_xlabel(x, fontsize=8)
+            ax.set_ylabel(label, fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[0, j].set_title(f"sweep {sweep}", fontsize=9)
+        if others:
+            axes[0, j].legend(fontsize=7)
+    _save(fig, out_png)
+    return panels
+
+
 def add_parser(subparsers) -> None:
     ap = subparsers.add_parser("plots", help="the paper's figures from the tables",
                                description="Draw the figures from the tables written by scalpel.report.tables.")
@@ -265,3 +313,5 @@ def main(args) -> None:
         pass_at_k_curves(read_tsv(tables / "pass_at_k.tsv"), spec["runs"], out / "pass_at_k.png")
     if (tables / "kl.tsv").exists():
         kl_trajectories(read_tsv(tables / "kl.tsv"), out / "kl_trajectories.png")
+    if any(spec.get("swept") for spec in spec["runs"].values()):
+        sweep_figure(read_tsv(tables / "summary.tsv"), spec["runs"], out / "sweeps.png")
