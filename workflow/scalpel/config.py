@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import math
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 METHODS = ("grpo", "sft")
@@ -214,9 +216,28 @@ _NOT_SWEPT = {"seed": "use runs.<name>.seeds", "max_steps": "sweep steps", "outp
               "save_steps": "sweep checkpoints", "save_strategy": "set by the workflow"}
 
 
-def trl_arguments(method: str) -> set[str]:
-    """The arguments of TRL's GRPOConfig / SFTConfig (the list the package ships, train/trl_arguments.json)."""
-    return set(json.loads((Path(__file__).parent / "train/trl_arguments.json").read_text())[method])
+TRL_CLASSES = {"grpo": "GRPOConfig", "sft": "SFTConfig"}
+# The argument names of TRL's config classes at the pinned TRL, so that planning never imports TRL (seconds).
+TRL_RECORD = Path(__file__).parent / "train/trl_arguments.json"
+
+
+def installed_trl_arguments() -> dict[str, set[str]]:
+    """method -> the argument names its TRL config dataclass takes (read from its fields, nothing instantiated)."""
+    from dataclasses import fields
+
+    import trl
+
+    return {method: {f.name for f in fields(getattr(trl, cls)) if f.init} for method, cls in TRL_CLASSES.items()}
+
+
+@functools.cache
+def trl_arguments() -> dict[str, set[str]]:
+    """method -> TRL's argument names: the record when it is of the installed TRL's version, else the installed
+    TRL's own."""
+    record = json.loads(TRL_RECORD.read_text())
+    if record["trl"] != version("trl"):
+        return installed_trl_arguments()
+    return {method: set(record[method]) for method in TRL_CLASSES}
 
 
 def sweep_value(value) -> str:
@@ -240,7 +261,7 @@ def sweep_combinations(config: dict, name: str) -> list[dict]:
     if not sweep:
         return [{}]
     method = _inherited(name, config["runs"]).get("method")
-    known = trl_arguments(method) if method in METHODS else set()
+    known = trl_arguments()[method] if method in METHODS else set()
     for key, values in sweep.items():
         where = f"runs.{name}.sweep.{key}"
         if key in _NOT_SWEPT:

@@ -10,23 +10,12 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import fields
 from importlib.metadata import version
 from pathlib import Path
 
 from scalpel import hub
-from scalpel.config import ConfigError
+from scalpel.config import TRL_CLASSES, TRL_RECORD, ConfigError, installed_trl_arguments, trl_arguments
 from scalpel.train import params
-
-TRL_CLASSES = {"grpo": "GRPOConfig", "sft": "SFTConfig"}
-TRL_RECORD = Path(__file__).parent / "train/trl_arguments.json"
-
-
-def installed_trl_arguments() -> dict[str, set[str]]:
-    """method -> the argument names its TRL config dataclass takes (read from its fields, nothing instantiated)."""
-    import trl
-
-    return {method: {f.name for f in fields(getattr(trl, cls)) if f.init} for method, cls in TRL_CLASSES.items()}
 
 
 def record_trl_arguments(path: Path = TRL_RECORD) -> None:
@@ -34,14 +23,6 @@ def record_trl_arguments(path: Path = TRL_RECORD) -> None:
     preflight.record_trl_arguments()"`)."""
     names = {method: sorted(known) for method, known in installed_trl_arguments().items()}
     path.write_text(json.dumps({"trl": version("trl"), **names}, indent=0) + "\n")
-
-
-def trl_arguments() -> dict[str, set[str]]:
-    """The recorded names when they are the installed TRL's version's, else the installed TRL's own."""
-    record = json.loads(TRL_RECORD.read_text())
-    if record["trl"] != version("trl"):
-        return installed_trl_arguments()
-    return {method: set(record[method]) for method in TRL_CLASSES}
 
 
 def _unknown(args: dict, known: set[str], key: str, cls: str) -> list[str]:
