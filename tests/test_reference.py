@@ -2,6 +2,7 @@
 tiny OLMo-2 models built here. A tensor missing or misshapen is an error naming it, the run and step and the
 reference, unless diff.tensor_mismatch is shared; a dtype cast and config differences are stated in the tables."""
 import json
+import math
 import re
 import shutil
 
@@ -136,3 +137,40 @@ def test_the_tensor_policy_rides_on_the_weight_rules_arguments_only_when_set(tmp
     pairs = json.loads(re.search(r"--pairs '(.*?)' --tensor", [s for s in shells if "reference-check" in s][0])[1])
     assert pairs == [{"run": "copied", "step": 1, "reference": "base", "reference_dir": "results/models/base",
                       "checkpoint_dir": "results/runs/copied/checkpoints/step-1"}]
+
+
+def test_weight_tables_name_each_rows_reference(base, tmp_path):
+    """A stage chain a (against the base) -> b (against a): the update and alignment tables say which reference each
+    row's update was taken from, and b's model-mean relative update is the pooled one against a."""
+    from scalpel.io import write_parquet
+    from scalpel.report import weight_tables
+
+    a = _variant(base, tmp_path / "a", {Q0: lambda w: w * 1.5})
+    b = _variant(base, tmp_path / "b", {Q0: lambda w: w * 1.5, UP1: lambda w: w * 0.5})
+    runs = {"a": {"method": "import", "checkpoint_steps": [1]},
+            "b": {"method": "import", "checkpoint_steps": [2], "reference": "a"}}
+    files = []
+    for run, step, ref, ckpt in (("a", 1, base, a), ("b", 2, a, b)):
+        df = weights.update_metrics(ref, ckpt, direct=False)
+        df.insert(0, "step", step)
+        df.insert(0, "run", run)
+        write_parquet(df, tmp_path / f"{run}.parquet")
+        files.append(tmp_path / f"{run}.parquet")
+    align = weights.run_alignment(base, a, b, base_b_dir=a, direct=False)
+    for i, (col, value) in enumerate((("run_a", "a"), ("step_a", 1), ("run_b", "b"), ("step_b", 2))):
+        align.insert(i, col, value)
+    write_parquet(align, tmp_path / "align.parquet")
+    out = weight_tables.write_tables(files, [], [tmp_path / "align.parquet"], runs, tmp_path / "tables")
+    assert set(zip(out["weights_update"].run, out["weights_update"].reference)) == {("a", "base"), ("b", "a@1")}
+    means = out["weights_means"].set_index("run")
+    assert means.loc["b", "reference"] == "a@1"
+    up = load_file(base / "model.safetensors")[UP1].double()
+    total = sum(float(t.double().square().sum()) for n, t in load_file(a / "model.safetensors").items()
+                if re.search(r"layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$", n))
+    expected = math.sqrt(float((0.5 * up).square().sum()) / total)
+    assert means.loc["b", "rel_update"] == pytest.approx(expected, rel=1e-6)
+    row = out["weights_align_means"].iloc[0]
+    assert (row.reference_a, row.reference_b) == ("base", "a@1")
+    # a moved only q_proj, b (from a) only up_proj: orthogonal updates on disjoint weights; against the base, b's
+    # update would contain a's and the cosine would not be 0
+    assert (row.cosine, row.jaccard, row.updated_b) == (0.0, 0.0, pytest.approx(0.1))

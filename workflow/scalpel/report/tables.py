@@ -213,7 +213,7 @@ def main(args) -> None:
     out = Path(args.outdir)
     write_tsv(scores, out / "scores.tsv")
     write_tsv(differences, out / "differences.tsv")
-    write_tsv(intervals.pass_at_k_table(items), out / "pass_at_k.tsv")
+    write_tsv(intervals.pass_at_k_table(items, runs), out / "pass_at_k.tsv")
     write_tsv(intervals.seed_table(table, runs, [c for c in table.columns if c not in ("run", "method", "step")],
                                    seed_bounds(primary)), out / "seeds.tsv")
     write_tsv(updates, out / "updates.tsv")
