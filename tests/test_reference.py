@@ -174,3 +174,15 @@ def test_weight_tables_name_each_rows_reference(base, tmp_path):
     # a moved only q_proj, b (from a) only up_proj: orthogonal updates on disjoint weights; against the base, b's
     # update would contain a's and the cosine would not be 0
     assert (row.cosine, row.jaccard, row.updated_b) == (0.0, 0.0, pytest.approx(0.1))
+
+
+def test_kl_refuses_two_vocabularies(base):
+    from scalpel.analysis.kl import kl_divergence
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reference_model = AutoModelForCausalLM.from_pretrained(base)
+    resized = AutoModelForCausalLM.from_pretrained(base)
+    resized.resize_token_embeddings(resized.config.vocab_size + 8)
+    example = [{"prompt": [{"role": "user", "content": "1+1"}], "completion": [{"role": "assistant", "content": "2"}]}]
+    with pytest.raises(ValueError, match="300 output tokens in the reference but 308 in the checkpoint"):
+        kl_divergence(reference_model, resized, AutoTokenizer.from_pretrained(base), example)
