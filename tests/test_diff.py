@@ -53,8 +53,8 @@ def _expected(base: dict, ckpt: dict, layer: int, module: str) -> float:
 
 
 def _check(df: pd.DataFrame, base: dict, ckpt: dict) -> None:
-    assert list(df.columns) == ["layer", "module", "rel_update", "delta_norm", "base_norm", "dtype"]
-    assert set(df.dtype) == {"float32"}
+    assert list(df.columns) == ["layer", "module", "rel_update", "delta_norm", "base_norm", "dtype", "reference_dtype"]
+    assert set(df.dtype) == set(df.reference_dtype) == {"float32"}
     assert len(df) == LAYERS * len(MODULES)
     assert list(zip(df.layer, df.module)) == [(i, m) for i in range(LAYERS) for m in MODULES]
     for row in df.itertuples():

@@ -278,7 +278,7 @@ def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
                       "train_sft": 5, "evaluate": 1 + checkpoints, "diff": checkpoints, "kl": checkpoints,
                       "analysis_spec": 1, "tables": 1, "plots": 1, "all": 1, "weights_update": checkpoints,
                       "weights_spectral": 6, "weights_align": 5, "weight_tables": 1, "weight_plots": 1,
-                      "forgetting": 1, "findings": 1}
+                      "forgetting": 1, "findings": 1, "reference_check": 1}
     evals = [j["shell"] for j in paper_dag if j["rule"] == "evaluate"]
     every = "paper_aime24,paper_math500,paper_gsm8k,paper_gpqa_diamond,paper_mmlu,leaderboard_mmlu_pro,paper_ifeval"
     assert sum(f"--tasks {every} " in s for s in evals) == 1 + 6  # the base and each run's final checkpoint

@@ -435,3 +435,36 @@ def test_tables_and_figures_take_an_imported_run(inputs):
     assert list(tables.read_tsv(tmp_path / "tables" / "summary.tsv").run) == ["base", "hammer", "scalpel", "2e-6"]
     cli.main(["plots", "--tables", str(tmp_path / "tables"), "--spec", str(spec), "--outdir", str(tmp_path / "fig")])
     assert len(list((tmp_path / "fig").iterdir())) == 6
+
+
+def test_a_stage_is_compared_with_its_reference_item_by_item_and_each_row_names_it(inputs):
+    """2e-6 names scalpel as its reference: each of its checkpoints also gets a paired difference against scalpel's
+    final checkpoint (exact here: the item noise is shared), and every row says what was subtracted."""
+    _, eval_files, _, _ = inputs
+    runs = {**RUNS, "2e-6": {**RUNS["2e-6"], "reference": "scalpel"}}
+    diffs = intervals.differences(intervals.load_items(eval_files), runs, PRIMARY,
+                                  {"in_domain": ["math"], "out_of_domain": ["facts"]})
+    staged = diffs[diffs.comparison == "vs reference"]
+    assert set(zip(staged.run, staged.step)) == {("2e-6", 10), ("2e-6", 20)} and len(staged) == 2 * 4
+    assert set(staged.reference) == {"scalpel@10"} and set(staged.vs_step) == {10}
+    row = staged[(staged.step == 20) & (staged.task == "math")].iloc[0]
+    assert row["diff"] == pytest.approx(score("2e-6", 20, "math") - score("scalpel", 10, "math"))
+    assert row.low == pytest.approx(row.high) and row.n == ITEMS
+    assert set(diffs[diffs.comparison == "vs base"].reference) == {"base"}
+    pairs = diffs[diffs.comparison == "run vs run"]
+    assert list(pairs.reference) == [f"{r}@{s}" for r, s in zip(pairs.vs_run, pairs.vs_step)]
+
+
+def test_pass_at_k_deltas_are_against_the_runs_reference():
+    """dpo's reference is grpo: its delta at each k is against grpo's pass@k, not the base's."""
+    def rows(run, step, counts):
+        return pd.DataFrame({"run": run, "step": step, "task": "maths", "metric": "samples_correct",
+                             "item": ["0", "1"], "value": counts, "cluster": ["0", "1"], "weight": 1.0, "samples": 4})
+    items = pd.concat([rows("base", 0, [1.0, 1.0]), rows("grpo", 5, [4.0, 0.0]), rows("dpo", 2, [4.0, 2.0])],
+                      ignore_index=True)
+    runs = {"grpo": {"checkpoint_steps": [5]}, "dpo": {"checkpoint_steps": [2], "reference": "grpo"}}
+    table = intervals.pass_at_k_table(items, runs).set_index(["run", "k"])
+    assert table.loc[("dpo", 1), "reference"] == "grpo@5" and table.loc[("grpo", 1), "reference"] == "base"
+    # pass@1: dpo (4/4 + 2/4) / 2 = 0.75 against grpo's 0.5; pass@4: 1 against 0.5
+    assert table.loc[("dpo", 1), "delta"] == pytest.approx(0.25) and table.loc[("dpo", 4), "delta"] == 0.5
+    assert table.loc[("grpo", 4), "delta"] == -0.5 and pd.isna(table.loc[("base", 1), "reference"])

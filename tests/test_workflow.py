@@ -179,7 +179,7 @@ def test_report_and_rerun_behaviour(study):
     assert planned_jobs(study, "--forcerun", "train_sft") == {
         "train_sft": 3, "diff": 4, "evaluate": 4, "kl": 4, "weights_update": 4, "weights_spectral": 3,
         "weights_align": 3, "tables": 1, "weight_tables": 1, "forgetting": 1, "plots": 1, "weight_plots": 1,
-        "findings": 1, "all": 1, "total": 32}
+        "findings": 1, "reference_check": 1, "all": 1, "total": 33}
     report = study / "report.html"
     snakemake(study, "--report", str(report))
     html = report.read_text(errors="replace")

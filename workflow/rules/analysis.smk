@@ -15,7 +15,7 @@ rule diff:
     threads: 1
     params:
         checkpoint=get_checkpoint_path,
-        dtype_mismatch=config["diff"]["dtype_mismatch"],
+        dtype_mismatch=MISMATCH_ARGS,
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel diff --base {input.base:q} --checkpoint {params.checkpoint:q}"
         " --dtype-mismatch {params.dtype_mismatch:q} --run {wildcards.run} --step {wildcards.step} --out {output:q}"
@@ -59,7 +59,7 @@ rule weights_update:
     threads: 1
     params:
         checkpoint=get_checkpoint_path,
-        dtype_mismatch=config["diff"]["dtype_mismatch"],
+        dtype_mismatch=MISMATCH_ARGS,
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel weights update --base {input.base:q}"
         " --checkpoint {params.checkpoint:q} --run {wildcards.run} --step {wildcards.step}"
@@ -80,7 +80,7 @@ rule weights_spectral:
     params:
         checkpoints=lambda wildcards: [a for c in get_spectral_checkpoints(wildcards) for a in ("--checkpoint", c)],
         ks=config["weights"]["top_k"],
-        dtype_mismatch=config["diff"]["dtype_mismatch"],
+        dtype_mismatch=MISMATCH_ARGS,
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel weights spectral --base {input.base:q} {params.checkpoints:q}"
         " --run {wildcards.run} --ks {params.ks} --dtype-mismatch {params.dtype_mismatch:q} --out {output:q}"
@@ -89,7 +89,7 @@ rule weights_spectral:
 
 rule weights_align:
     input:
-        base=base_model_dir(),
+        base=get_align_references,
         a="results/runs/{run_a}/checkpoints",
         b="results/runs/{run_b}/checkpoints",
     output:
@@ -105,7 +105,7 @@ rule weights_align:
     params:
         step_a=lambda wildcards: RUNS[wildcards.run_a]["checkpoint_steps"][-1],
         step_b=lambda wildcards: RUNS[wildcards.run_b]["checkpoint_steps"][-1],
-        dtype_mismatch=config["diff"]["dtype_mismatch"],
+        dtype_mismatch=MISMATCH_ARGS,
     shell:
         "OMP_NUM_THREADS={threads} python -m scalpel weights align --base {input.base:q}"
         " --checkpoint-a {input.a:q}/step-{params.step_a} --run-a {wildcards.run_a} --step-a {params.step_a}"
@@ -132,3 +132,24 @@ rule reference_model:
     shell:
         "mkdir -p {output:q} && for f in {input:q}/step-{params.step}/*;"
         ' do ln -s "$(realpath "$f")" {output:q}/"$(basename "$f")"; done > {log:q} 2>&1'
+
+
+# How each checkpoint differs from its reference (tensors, dtypes, configs), from headers alone: a tensor missing or
+# misshapen fails here naming it, unless diff.tensor_mismatch is shared.
+rule reference_check:
+    input:
+        references=lambda wildcards: sorted({reference_dir(run) for run in RUNS}),
+        checkpoints=[f"results/runs/{run}/checkpoints" for run in RUNS],
+    output:
+        "results/tables/references.tsv",
+    log:
+        "logs/reference_check/reference_check.log",
+    localrule: True
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        pairs=get_reference_pairs,
+        tensor_mismatch=config["diff"]["tensor_mismatch"],
+    shell:
+        "python -m scalpel reference-check --pairs {params.pairs:q} --tensor-mismatch {params.tensor_mismatch:q}"
+        " --out {output:q} > {log:q} 2>&1"

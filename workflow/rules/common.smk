@@ -39,6 +39,7 @@ if workflow.is_main_process:  # not in each job's own parse of the workflow
     print(f"Study settings:\n{study_config.settings_table(config, RUNS)}", file=sys.stderr)
 
 BUILD_BASE = config["model"]["base"] == "build"
+MISMATCH_ARGS = study_config.mismatch_args(config)  # the weight rules' --dtype-mismatch (and --tensor-mismatch)
 HUB_IMPORTS = any("repos" in spec for spec in RUNS.values())  # imported runs whose checkpoints are on the hub
 SYNTHETIC_DATA = config["data"]["source"] == "synthetic"
 
@@ -132,11 +133,37 @@ def get_checkpoint_path(wildcards):
     return f"results/runs/{wildcards.run}/checkpoints/step-{wildcards.step}"
 
 
-def get_reference_dir(wildcards):
+def reference_dir(run):
     """What a run's checkpoints are compared with (config runs.<name>.reference): the base model, or another run's
     final checkpoint, linked into results/references/<run> (rule reference_model)."""
-    ref = RUNS[wildcards.run]["reference"]
+    ref = RUNS[run]["reference"]
     return base_model_dir() if ref == BASE else f"results/references/{ref}"
+
+
+def get_reference_dir(wildcards):
+    return reference_dir(wildcards.run)
+
+
+def get_align_references(wildcards):
+    """The references of an aligned pair: run a's, then run b's where it is another (each update from its own)."""
+    return list(dict.fromkeys([reference_dir(wildcards.run_a), reference_dir(wildcards.run_b)]))
+
+
+def get_reference_pairs(wildcards=None):
+    """Every checkpoint with its reference, for rule reference_check."""
+    return json.dumps(
+        [
+            {
+                "run": run,
+                "step": step,
+                "reference": study_config.reference_label(RUNS, run),
+                "reference_dir": reference_dir(run),
+                "checkpoint_dir": f"results/runs/{run}/checkpoints/step-{step}",
+            }
+            for run in RUNS
+            for _, step in checkpoints_of(run)
+        ]
+    )
 
 
 def get_eval_tasks(wildcards):
@@ -270,4 +297,5 @@ def get_final_outputs():
         "results/figures/weights_alignment.png",
         "results/figures/forgetting.png",
         "results/report/findings.html",
+        "results/tables/references.tsv",
     ] + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else []) + list(SWEEP_FIGURE.values())

@@ -27,6 +27,7 @@ COMMANDS = {
     "diff": "analysis.diff",
     "kl": "analysis.kl",
     "weights": "analysis.weights",
+    "reference-check": "analysis.reference",
     "tables": "report.tables",
     "plots": "report.plots",
     "claims": "report.claims",

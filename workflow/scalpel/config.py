@@ -395,6 +395,22 @@ def task_domains(config: dict) -> dict[str, list[str]]:
             "out_of_domain": [t for s, ts in ev["tasks"].items() if s not in in_suites for t in ts]}
 
 
+def reference_label(runs: dict, run: str) -> str:
+    """A run's reference as the tables name it: `base`, or `<run>@<step>`, another run's final checkpoint."""
+    ref = runs[run].get("reference", BASE)
+    return ref if ref == BASE else f"{ref}@{max(runs[ref]['checkpoint_steps'])}"
+
+
+def mismatch_args(config: dict) -> str | list[str]:
+    """The weight rules' --dtype-mismatch value, with --tensor-mismatch shared after it when config
+    diff.tensor_mismatch says so. The default stays the one string it always was: Snakemake reruns a job whose
+    recorded params change, and a study where every tensor matches has nothing to recompute."""
+    diff = config["diff"]
+    if diff["tensor_mismatch"] == "refuse":
+        return diff["dtype_mismatch"]
+    return [diff["dtype_mismatch"], "--tensor-mismatch", diff["tensor_mismatch"]]
+
+
 def weight_pairs(config: dict, runs: dict[str, dict]) -> list[tuple[str, str]]:
     """The pairs of runs whose final checkpoints' updates are compared: every GRPO x SFT pair, then
     `weights.pairs`, each once (in either order)."""

@@ -19,6 +19,8 @@ from scalpel.io import check_safetensors, write_parquet
 
 DEFAULT_CHUNK_ROWS = 1024
 DTYPE_POLICIES = ("cast", "refuse")  # config diff.dtype_mismatch
+TENSOR_POLICIES = ("refuse", "shared")  # config diff.tensor_mismatch
+HINT = " (diff.tensor_mismatch: shared analyses the matrices both have)"
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 _SINGLE = "model.safetensors"
@@ -70,21 +72,25 @@ def _compared_dtype(name: str, base, ckpt, base_file: Path, ckpt_file: Path, dty
     return _DTYPES[ckpt_dtype]
 
 
-def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                     dtype_mismatch: str = "cast") -> pd.DataFrame:
-    """One row per (layer, module): layer, module, rel_update, delta_norm, base_norm and dtype (the checkpoint's, in
-    which both were compared); sorted by layer, MODULES. `dtype_mismatch`: cast a base of another dtype to the
-    checkpoint's, or refuse it."""
+def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS, dtype_mismatch: str = "cast",
+                     tensor_mismatch: str = "refuse") -> pd.DataFrame:
+    """One row per (layer, module): layer, module, rel_update, delta_norm, base_norm, dtype (the checkpoint's, in
+    which both were compared) and reference_dtype (the base's as stored); sorted by layer, MODULES.
+    `dtype_mismatch`: cast a base of another dtype to the checkpoint's, or refuse it. `tensor_mismatch`: a matrix
+    missing on one side or of another shape is an error (refuse), or left out (shared)."""
     if dtype_mismatch not in DTYPE_POLICIES:
         raise ValueError(f"diff.dtype_mismatch: {dtype_mismatch!r} is not one of {DTYPE_POLICIES}")
+    if tensor_mismatch not in TENSOR_POLICIES:
+        raise ValueError(f"diff.tensor_mismatch: {tensor_mismatch!r} is not one of {TENSOR_POLICIES}")
+    shared = tensor_mismatch == "shared"
     base_files, base_src = _tensor_files(base_dir)
     ckpt_files, ckpt_src = _tensor_files(ckpt_dir)
     wanted = {name: lm for name in base_files if (lm := layer_module(name)) is not None}
     if not wanted:
         raise ValueError(f"{base_src}: no model.layers.*.{{self_attn,mlp}}.*_proj.weight tensors")
     extra = sorted(n for n in ckpt_files if layer_module(n) is not None and n not in wanted)
-    if extra:
-        raise ValueError(f"{extra[0]}: in checkpoint ({ckpt_src}) but not in base ({base_src})")
+    if extra and not shared:
+        raise ValueError(f"{extra[0]}: in checkpoint ({ckpt_src}) but not in base ({base_src}){HINT}")
 
     rows = []
     with contextlib.ExitStack() as stack:
@@ -97,19 +103,25 @@ def relative_updates(base_dir, ckpt_dir, chunk_rows: int = DEFAULT_CHUNK_ROWS,
 
         for name, (layer, module) in sorted(wanted.items(), key=lambda kv: (kv[1][0], MODULES.index(kv[1][1]))):
             if name not in ckpt_files:
-                raise ValueError(f"{name}: in base ({base_files[name]}) but not in checkpoint ({ckpt_src})")
+                if shared:
+                    continue
+                raise ValueError(f"{name}: in base ({base_files[name]}) but not in checkpoint ({ckpt_src}){HINT}")
             base = handle(base_files[name]).get_slice(name)
             ckpt = handle(ckpt_files[name]).get_slice(name)
             if base.get_shape() != ckpt.get_shape():
+                if shared:
+                    continue
                 raise ValueError(f"{name}: shape {base.get_shape()} in base ({base_files[name]}) "
-                                 f"but {ckpt.get_shape()} in checkpoint ({ckpt_files[name]})")
+                                 f"but {ckpt.get_shape()} in checkpoint ({ckpt_files[name]}){HINT}")
             dtype = _compared_dtype(name, base, ckpt, base_files[name], ckpt_files[name], dtype_mismatch)
             delta_sq, base_sq = _squared_norms(base, ckpt, base.get_shape()[0], chunk_rows, dtype)
             delta_norm, base_norm = delta_sq ** 0.5, base_sq ** 0.5
             rel = delta_norm / base_norm if base_norm else float("nan")
             rows.append({"layer": layer, "module": module, "rel_update": rel, "delta_norm": delta_norm,
-                         "base_norm": base_norm, "dtype": str(dtype).removeprefix("torch.")})
-    return pd.DataFrame(rows, columns=["layer", "module", "rel_update", "delta_norm", "base_norm", "dtype"])
+                         "base_norm": base_norm, "dtype": str(dtype).removeprefix("torch."),
+                         "reference_dtype": str(_DTYPES[base.get_dtype()]).removeprefix("torch.")})
+    return pd.DataFrame(rows, columns=["layer", "module", "rel_update", "delta_norm", "base_norm", "dtype",
+                                       "reference_dtype"])
 
 
 def add_parser(subparsers) -> None:
@@ -123,13 +135,16 @@ def add_parser(subparsers) -> None:
     ap.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
     ap.add_argument("--dtype-mismatch", choices=DTYPE_POLICIES, default="cast",
                     help="a base stored in another dtype than the checkpoint: cast it to the checkpoint's, or refuse")
+    ap.add_argument("--tensor-mismatch", choices=TENSOR_POLICIES, default="refuse",
+                    help="a matrix missing on one side or of another shape: refuse, or analyse the shared ones only")
     ap.set_defaults(func=main)
 
 
 def main(args) -> None:
     check_safetensors(args.base)
     check_safetensors(args.checkpoint)
-    df = relative_updates(args.base, args.checkpoint, chunk_rows=args.chunk_rows, dtype_mismatch=args.dtype_mismatch)
+    df = relative_updates(args.base, args.checkpoint, chunk_rows=args.chunk_rows, dtype_mismatch=args.dtype_mismatch,
+                          tensor_mismatch=args.tensor_mismatch)
     df.insert(0, "step", args.step)
     df.insert(0, "run", args.run)
     write_parquet(df, args.out)

@@ -64,6 +64,10 @@ def kl_divergence(base_model, ckpt_model, tokenizer, examples: list[dict], devic
     """
     if not examples:
         raise ValueError("kl_divergence: no reference examples")
+    sizes = [m.get_output_embeddings().weight.shape[0] for m in (base_model, ckpt_model)]
+    if sizes[0] != sizes[1]:  # KL compares two distributions over one vocabulary, position by position
+        raise ValueError(f"kl_divergence: {sizes[0]} output tokens in the reference but {sizes[1]} in the checkpoint "
+                         f"({getattr(ckpt_model.config, '_name_or_path', '')}): no KL over different vocabularies")
     if max_length is None:
         max_length = _max_positions(base_model, ckpt_model)
     base_model.eval()

@@ -42,7 +42,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from scalpel.analysis.diff import DTYPE_POLICIES, MODULES, layer_module
+from scalpel.analysis.diff import DTYPE_POLICIES, HINT, MODULES, TENSOR_POLICIES, layer_module
 from scalpel.analysis.tensor_stream import DEFAULT_CHUNK_BYTES, ChunkReader, TensorEntry, model_tensors
 from scalpel.io import check_safetensors, write_parquet
 
@@ -60,11 +60,16 @@ _NONFINITE = {torch.bfloat16: 0x7F80, torch.float32: 0x7F80, torch.float16: 0x7C
 
 # ---- matching the folders' tensors -------------------------------------------------------------------------------
 
-def _matrices(dirs: Sequence, labels: Sequence[str], dtype_mismatch: str) -> list[tuple[int, str, list[TensorEntry]]]:
+def _matrices(dirs: Sequence, labels: Sequence[str], dtype_mismatch: str,
+              tensor_mismatch: str = "refuse") -> list[tuple[int, str, list[TensorEntry]]]:
     """(layer, module, [entry in each folder]) for every in-scope matrix of the first folder (the base), in
-    layer, MODULES order; a tensor missing, misshapen or of a refused dtype anywhere raises ValueError naming it."""
+    layer, MODULES order; a tensor missing or misshapen anywhere raises ValueError naming it, or is left out when
+    `tensor_mismatch` is "shared"; so does one of a refused dtype."""
     if dtype_mismatch not in DTYPE_POLICIES:
         raise ValueError(f"dtype_mismatch: {dtype_mismatch!r} is not one of {DTYPE_POLICIES}")
+    if tensor_mismatch not in TENSOR_POLICIES:
+        raise ValueError(f"tensor_mismatch: {tensor_mismatch!r} is not one of {TENSOR_POLICIES}")
+    shared = tensor_mismatch == "shared"
     tables = [model_tensors(d) for d in dirs]
     base, base_src = tables[0]
     wanted = {name: lm for name in base if (lm := layer_module(name)) is not None}
@@ -72,19 +77,21 @@ def _matrices(dirs: Sequence, labels: Sequence[str], dtype_mismatch: str) -> lis
         raise ValueError(f"{base_src}: no model.layers.*.{{self_attn,mlp}}.*_proj.weight tensors")
     for (entries, src), label in zip(tables[1:], labels[1:]):
         extra = sorted(n for n in entries if layer_module(n) is not None and n not in wanted)
-        if extra:
-            raise ValueError(f"{extra[0]}: in {label} ({src}) but not in base ({base_src})")
+        if extra and not shared:
+            raise ValueError(f"{extra[0]}: in {label} ({src}) but not in base ({base_src}){HINT}")
     out = []
     for name, (layer, module) in sorted(wanted.items(), key=lambda kv: (kv[1][0], MODULES.index(kv[1][1]))):
         b = base[name]
         group = [b]
+        if shared and any(entries.get(name) is None or entries[name].shape != b.shape for entries, _ in tables[1:]):
+            continue
         for (entries, src), label in zip(tables[1:], labels[1:]):
             e = entries.get(name)
             if e is None:
-                raise ValueError(f"{name}: in base ({b.file}) but not in {label} ({src})")
+                raise ValueError(f"{name}: in base ({b.file}) but not in {label} ({src}){HINT}")
             if e.shape != b.shape or len(e.shape) != 2:
                 raise ValueError(f"{name}: shape {list(b.shape)} in base ({b.file}) but {list(e.shape)} in {label} "
-                                 f"({e.file}); both must be the same matrix shape")
+                                 f"({e.file}); both must be the same matrix shape{HINT}")
             for entry, where in ((b, "base"), (e, label)):
                 if entry.dtype not in _FLOATS:
                     raise ValueError(f"{name}: dtype {entry.dtype} in {where} ({entry.file}) is not a floating-point "
@@ -249,12 +256,15 @@ class _AlignStats:
         self.n = self.n_a = self.n_b = self.n_both = 0
         self.dot = self.sq_a = self.sq_b = 0.0
 
-    def add(self, ws: _Workspace, base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-        for bs, x, y in _slices(base, a, b):
+    def add(self, ws: _Workspace, base: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+            base_b: torch.Tensor | None = None) -> None:
+        """`base_b`: run b's own reference, where it is not run a's (`base`)."""
+        for bs, x, y, *rest in _slices(base, a, b, *([] if base_b is None else [base_b])):
+            bs_b = rest[0] if rest else bs
             masks, deltas, base_f = [], [], None
-            for key, run in (("a", x), ("b", y)):
-                if base_f is None or run.dtype != x.dtype:
-                    base_f = _as_float(ws, f"base_{key}", bs.to(run.dtype))
+            for key, ref, run in (("a", bs, x), ("b", bs_b, y)):
+                if base_f is None or run.dtype != x.dtype or ref is not bs:
+                    base_f = _as_float(ws, f"base_{key}", ref.to(run.dtype))
                 delta = _delta(ws, key, base_f, run)
                 masks.append(_updated(delta, base_f, run, self.rtol, out=ws.get(f"mask_{key}", bs.shape,
                                                                                      torch.bool)))
@@ -331,14 +341,14 @@ def _stream(groups: list[list[TensorEntry]], new_stats, threads: int | None, chu
 
 
 def update_metrics(base_dir, ckpt_dir, *, alpha: float = ALPHA, rtol: float = RTOL, dtype_mismatch: str = "cast",
-                   threads: int | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                   direct: bool = True) -> pd.DataFrame:
+                   tensor_mismatch: str = "refuse", threads: int | None = None,
+                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, direct: bool = True) -> pd.DataFrame:
     """One row per (layer, module): the sparsity, overlap and relative-update columns of the module docstring, plus
     the counts and squared norms `summarize` pools (n, n_equal, n_updated, top_hits, bottom_hits, delta_sq,
     base_sq). One read of each file, memory of a few chunk buffers per thread."""
     _check_fraction("alpha", alpha)
     _check_fraction("rtol", rtol)
-    matrices = _matrices([base_dir, ckpt_dir], ["base", "checkpoint"], dtype_mismatch)
+    matrices = _matrices([base_dir, ckpt_dir], ["base", "checkpoint"], dtype_mismatch, tensor_mismatch)
     groups = [group for _, _, group in matrices]
     stats = _stream(groups, lambda g: _UpdateStats(groups[g][1].torch_dtype, rtol), threads, chunk_bytes,
                     direct)
@@ -349,13 +359,17 @@ def update_metrics(base_dir, ckpt_dir, *, alpha: float = ALPHA, rtol: float = RT
                          for (layer, module, _), s in zip(matrices, stats)])
 
 
-def run_alignment(base_dir, run_a_dir, run_b_dir, *, rtol: float = RTOL, dtype_mismatch: str = "cast",
-                  threads: int | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                  direct: bool = True) -> pd.DataFrame:
+def run_alignment(base_dir, run_a_dir, run_b_dir, *, base_b_dir=None, rtol: float = RTOL,
+                  dtype_mismatch: str = "cast", tensor_mismatch: str = "refuse", threads: int | None = None,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, direct: bool = True) -> pd.DataFrame:
     """One row per (layer, module): cosine(dW_a, dW_b), jaccard of the update masks and its random baseline, the
-    masks' densities, and the sums `summarize` pools. dW_x = W_x - W_base, the base in run x's dtype."""
+    masks' densities, and the sums `summarize` pools. dW_x = W_x - W_base, the base in run x's dtype; with
+    `base_b_dir`, run b's update is taken from that reference instead (two stages, each against its parent)."""
     _check_fraction("rtol", rtol)
-    matrices = _matrices([base_dir, run_a_dir, run_b_dir], ["base", "run a", "run b"], dtype_mismatch)
+    dirs, labels = [base_dir, run_a_dir, run_b_dir], ["base", "run a", "run b"]
+    if base_b_dir is not None:
+        dirs, labels = dirs + [base_b_dir], labels + ["run b's reference"]
+    matrices = _matrices(dirs, labels, dtype_mismatch, tensor_mismatch)
     stats = _stream([group for _, _, group in matrices], lambda g: _AlignStats(rtol), threads, chunk_bytes,
                     direct)
     return pd.DataFrame([{"layer": layer, "module": module, **s.row()}
@@ -432,7 +446,8 @@ def _spectral_row(w, w_new, base_parts, ks, method) -> dict:
 
 
 def spectral_metrics(base_dir, checkpoints: Mapping[str, object], *, ks: Sequence[int] = KS, method: str = "full",
-                     dtype_mismatch: str = "cast", precision: torch.dtype = torch.float32,
+                     dtype_mismatch: str = "cast", tensor_mismatch: str = "refuse",
+                     precision: torch.dtype = torch.float32,
                      direct: bool = True) -> pd.DataFrame:
     """One row per (checkpoint label, layer, module): nss, stable_rank, effective_rank, angle_{left,right}_k{k}.
 
@@ -444,7 +459,7 @@ def spectral_metrics(base_dir, checkpoints: Mapping[str, object], *, ks: Sequenc
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, not {ks}")
     labels = list(checkpoints)
-    matrices = _matrices([base_dir, *checkpoints.values()], ["base", *labels], dtype_mismatch)
+    matrices = _matrices([base_dir, *checkpoints.values()], ["base", *labels], dtype_mismatch, tensor_mismatch)
     for _, _, (entry, *_) in matrices:
         if ks[-1] > min(entry.shape):
             raise ValueError(f"{entry.name}: k = {ks[-1]} exceeds its shape {list(entry.shape)}")
@@ -473,11 +488,15 @@ def add_parser(subparsers) -> None:
                                            "(cosine and update-mask overlap) of two runs' checkpoints.")
     sub = ap.add_subparsers(dest="pass_", required=True, metavar="PASS")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--base", required=True, help="HF model folder of the base model")
+    common.add_argument("--base", required=True, nargs="+",
+                        help="HF model folder of the reference (the base model, or another run's checkpoint); for "
+                             "align, a second folder is run b's reference where it is not run a's")
     common.add_argument("--out", required=True, help="parquet file to write")
     common.add_argument("--dtype-mismatch", choices=DTYPE_POLICIES, default="cast",
                         help="a base stored in another dtype than the checkpoint: cast it to the checkpoint's, or "
                              "refuse")
+    common.add_argument("--tensor-mismatch", choices=TENSOR_POLICIES, default="refuse",
+                        help="a matrix missing on one side or of another shape: refuse, or analyse the shared ones")
     common.add_argument("--buffered", action="store_true", help="read through the page cache (default: O_DIRECT)")
     upd = sub.add_parser("update", parents=[common], help="sparsity, where updates land, relative update")
     upd.add_argument("--checkpoint", required=True, help="HF model folder of the checkpoint")
@@ -511,7 +530,12 @@ def _steps(ap, pairs: list[str]) -> dict[int, str]:
 
 
 def main(args) -> None:
-    common = {"dtype_mismatch": args.dtype_mismatch, "direct": not args.buffered}
+    common = {"dtype_mismatch": args.dtype_mismatch, "tensor_mismatch": args.tensor_mismatch,
+              "direct": not args.buffered}
+    if len(args.base) > 1 and args.pass_ != "align" or len(args.base) > 2:
+        args.parser.error(f"--base: {len(args.base)} folders; only align takes a second (run b's reference)")
+    base_b = args.base[1] if len(args.base) == 2 else None
+    args.base = args.base[0]
     if args.pass_ == "update":
         check_safetensors(args.base)
         check_safetensors(args.checkpoint)
@@ -519,9 +543,10 @@ def main(args) -> None:
         df.insert(0, "step", args.step)
         df.insert(0, "run", args.run)
     elif args.pass_ == "align":
-        for folder in (args.base, args.checkpoint_a, args.checkpoint_b):
+        for folder in (args.base, args.checkpoint_a, args.checkpoint_b, *([base_b] if base_b else [])):
             check_safetensors(folder)
-        df = run_alignment(args.base, args.checkpoint_a, args.checkpoint_b, rtol=args.rtol, **common)
+        df = run_alignment(args.base, args.checkpoint_a, args.checkpoint_b, base_b_dir=base_b, rtol=args.rtol,
+                           **common)
         for i, col in enumerate(("run_a", "step_a", "run_b", "step_b")):
             df.insert(i, col, getattr(args, col))
     else:

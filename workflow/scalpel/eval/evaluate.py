@@ -37,13 +37,27 @@ def normalise(results: dict, run: str, step: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["task", "metric"], ignore_index=True)
 
 
-def model_args(checkpoint: str, backend: str, dtype: str, extra: dict | None = None, seed: int = 0) -> dict:
+def model_args(checkpoint: str, backend: str, dtype: str, extra: dict | None = None, seed: int = 0,
+               source: dict | None = None) -> dict:
     """lm-eval model arguments: the checkpoint and dtype, never hub code, then `eval.model_args` from the config
-    (for vllm e.g. gpu_memory_utilization, max_model_len, tensor_parallel_size)."""
+    (for vllm e.g. gpu_memory_utilization, max_model_len, tensor_parallel_size).
+
+    A checkpoint imported from the hub (`source` with its commit) names that commit as the revision of its weights
+    and of its tokenizer, and its own folder as the tokenizer: lm-eval's vLLM backend loads the tokenizer, and with
+    it the chat template, from `tokenizer_revision`, which defaults to main whatever `revision` says
+    (lm_eval/models/vllm_causallms.py, 0.4.13). The folder holds that commit's files already; the arguments keep a
+    tokenizer from any other revision out, and lm-eval records the revision."""
     args = {"pretrained": checkpoint, "dtype": dtype, "trust_remote_code": False}
     if backend == "vllm":
         args["seed"] = seed  # vLLM samples with its own generator
+    commit = (source or {}).get("commit")
+    if commit:
+        args.update(revision=commit, tokenizer=checkpoint)
+        if backend == "vllm":
+            args["tokenizer_revision"] = commit
     args.update(extra or {})
+    if commit and "tokenizer" in (extra or {}) and "tokenizer_revision" not in extra:
+        args.pop("tokenizer_revision", None)  # a tokenizer the config names is read at its own revision
     return args
 
 
@@ -106,7 +120,7 @@ def _merge(results: list[dict]) -> dict:
 def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: str, step: int, backend: str = "hf",
              dtype: str = "float32", batch_size: int = 32, limit: int | None = None, seed: int = 0,
              device: str = "cpu", gen_kwargs: dict | None = None, num_fewshot: dict[str, int] | None = None,
-             extra_model_args: dict | None = None, chat_template: str | None = None,
+             extra_model_args: dict | None = None, chat_template: str | None = None, source: dict | None = None,
              fewshot_as_multiturn: dict[str, bool] | None = None,
              samples: dict[str, int] | None = None) -> tuple[pd.DataFrame, dict]:
     """Run `tasks` on one checkpoint with the chat template applied: the checkpoint tokenizer's own, or
@@ -116,7 +130,8 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
     paper: temperature 0.6, top-p 0.95, 4,096 new tokens; lm-eval's own default is 256 tokens); `num_fewshot` maps a
     task to its shot count, `fewshot_as_multiturn` to whether its examples are separate chat turns (default true).
     The tasks shipped in paper_tasks.TASK_DIR are always found, beside lm-eval's built-ins and `task_dir`'s.
-    `samples` maps a task to its number of samples per document (config eval.samples; default 1).
+    `samples` maps a task to its number of samples per document (config eval.samples; default 1). `source`: where an
+    imported checkpoint came from (`model_args`).
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -124,7 +139,8 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
     from scalpel.eval.lm_backends import model_class
 
     lm = model_class(backend).create_from_arg_obj(
-        model_args(checkpoint, backend, dtype, extra_model_args, seed), {"batch_size": batch_size, "device": device})
+        model_args(checkpoint, backend, dtype, extra_model_args, seed, source),
+        {"batch_size": batch_size, "device": device})
     if chat_template is not None:
         lm.tokenizer.chat_template = chat_template
         if hasattr(lm, "hf_chat_template"):  # lm-eval's vLLM backend renders with this copy
@@ -205,6 +221,8 @@ def add_parser(subparsers) -> None:
 
 
 def main(args) -> None:
+    from scalpel.model.imported import source
+
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     table = run(args.checkpoint, args.tasks.split(","), args.task_dir, args.out, run=args.run, step=args.step,
                 backend=args.backend, dtype=args.dtype, batch_size=batch_size, limit=args.limit, seed=args.seed,
@@ -212,5 +230,6 @@ def main(args) -> None:
                 extra_model_args=json.loads(args.model_args),
                 chat_template=Path(args.chat_template).read_text() if args.chat_template else None,
                 fewshot_as_multiturn=json.loads(args.fewshot_as_multiturn),
-                item_clusters=json.loads(args.item_clusters), samples=json.loads(args.samples))
+                item_clusters=json.loads(args.item_clusters), samples=json.loads(args.samples),
+                source=source(args.checkpoint))
     log.info("\n%s", table.to_string(index=False))

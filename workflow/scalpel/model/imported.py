@@ -2,7 +2,9 @@
 revision per checkpoint, resolved to a commit by prefetch and read from the HF cache by that commit, offline) or in a
 local folder, linked into results/runs/<run>/checkpoints/step-<N>/ as trained checkpoints are published there, so
 that every later rule reads them the same way. Only the model files are linked (hub.MODEL_FILE_PATTERNS): never
-pickled weights nor code; a checkpoint without *.safetensors weights is an error naming it.
+pickled weights nor code; a checkpoint without *.safetensors weights is an error naming it. Beside them, SOURCE
+says where the checkpoint came from (repo, revision and commit, or folder), so that evaluation can name the commit
+of its weights and tokenizer to lm-eval (`source`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,13 @@ from scalpel.io import check_safetensors, read_yaml, write_json
 
 log = logging.getLogger(__name__)
 SAFETENSORS_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}  # header names, lower-cased
+SOURCE = "scalpel_source.json"
+
+
+def source(folder) -> dict | None:
+    """Where an imported checkpoint came from ({repo, revision, commit} or {folder}); None for a trained one."""
+    path = Path(folder) / SOURCE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def model_files(folder: Path, where: str) -> list[Path]:
@@ -24,8 +33,8 @@ def model_files(folder: Path, where: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{where}: no folder {folder}")
-    files = sorted(f for f in folder.iterdir() if f.is_file() and any(fnmatch.fnmatch(f.name, p)
-                                                                      for p in hub.MODEL_FILE_PATTERNS))
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name != SOURCE
+                   and any(fnmatch.fnmatch(f.name, p) for p in hub.MODEL_FILE_PATTERNS))
     if not any(f.name.endswith(".safetensors") for f in files):
         pickled = sorted(f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".pkl"))
         hint = f" (only pickled weights, never read: {', '.join(pickled)})" if pickled else ""
@@ -80,6 +89,7 @@ def link_checkpoints(spec: dict, manifest: dict | None, out_dir: Path, dtype: st
         for f in files[step]:
             (step_dir / f.name).symlink_to(os.path.abspath(f))
         check_safetensors(step_dir)
+        write_json(origin, step_dir / SOURCE)
         dtypes = stored_dtypes(step_dir)
         provenance[str(step)] = {**origin, "files": [f.name for f in files[step]], "dtypes": dtypes}
         log.info("run %s step %d: %s, stored in %s", spec["name"], step, origin, ", ".join(dtypes))

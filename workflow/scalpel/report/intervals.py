@@ -2,14 +2,16 @@
 
 - `score_intervals`: each (run, step, task, metric) score gets its 95% interval (scalpel.stats.score_interval:
   Wilson for 0/1 items, otherwise normal; cluster-robust with t(G-1) where items share a cluster).
-- `differences`: each checkpoint minus the base, and each final checkpoint minus every other run's final checkpoint,
-  on the primary metric of each task, paired over the items both were scored on (stats.paired_difference); then the
+- `differences`: each checkpoint minus the base, minus its run's reference where that is another run's final
+  checkpoint (config runs.<name>.reference: a stage against its parent), and each final checkpoint minus every
+  other run's final checkpoint (column `reference`: what was subtracted, `base` or `<run>@<step>`), on the primary
+  metric of each task, paired over the items both were scored on (stats.paired_difference); then the
   in-domain and out-of-domain scores (the unweighted mean of their tasks), whose differences combine the tasks'
   paired SEs as independent (the tasks' item sets are disjoint). p-values are adjusted over all comparisons with
   Benjamini-Hochberg (`q_value`, `significant_bh`).
 - `pass_at_k_table`: tasks scored with K > 1 samples per problem: pass@k for k = 1..K with its interval, and each
-  checkpoint's change from the base at every k, paired over problems (does training raise pass@1 more than
-  pass@K? the paper's "amplifies vs replaces" question).
+  checkpoint's change from its run's reference (the base by default; column `reference`) at every k, paired over
+  problems (does training raise pass@1 more than pass@K? the paper's "amplifies vs replaces" question).
 - `seed_table`: runs repeated over seeds, aggregated per configured run: quantities with mean, sd and a t interval
   over seeds kept inside the quantity's range; verdicts as counts of seeds.
 
@@ -91,10 +93,23 @@ def _pair(items: pd.DataFrame, a: tuple, b: tuple, task: str, metric: str) -> di
                                    items_b=ib["item"].to_numpy(), **args)
 
 
+def _reference(runs: dict, run: str) -> tuple[str, int]:
+    """The model a run's checkpoints are compared with: the base, or another run's final checkpoint."""
+    ref = runs[run].get("reference", BASE) if run in runs else BASE
+    return (BASE, 0) if ref == BASE else (ref, max(runs[ref]["checkpoint_steps"]))
+
+
+def _label(model: tuple) -> str:
+    return BASE if model[0] == BASE else f"{model[0]}@{model[1]}"
+
+
 def _comparisons(runs: dict) -> list[tuple[str, tuple, tuple]]:
-    """(kind, model a, model b): every checkpoint vs the base, then final checkpoints run vs run (each pair once)."""
+    """(kind, model a, model b): every checkpoint vs the base, every checkpoint vs its run's reference where that is
+    another run, then final checkpoints run vs run (each pair once)."""
     finals = [(r, max(spec["checkpoint_steps"])) for r, spec in runs.items()]
     out = [("vs base", (r, s), (BASE, 0)) for r, spec in runs.items() for s in spec["checkpoint_steps"]]
+    out += [("vs reference", (r, s), _reference(runs, r)) for r, spec in runs.items()
+            if _reference(runs, r)[0] != BASE for s in spec["checkpoint_steps"]]
     out += [("run vs run", a, b) for i, a in enumerate(finals) for b in finals[i + 1:]]
     return out
 
@@ -111,14 +126,14 @@ def differences(items: pd.DataFrame, runs: dict, primary: dict, domains: dict[st
                 continue
             per_task[task] = res
             rows.append({"comparison": kind, "run": a[0], "step": a[1], "vs_run": b[0], "vs_step": b[1],
-                         "task": task, "metric": metric, **_keep(res)})
+                         "reference": _label(b), "task": task, "metric": metric, **_keep(res)})
         for domain, tasks in domains.items():
             if tasks and all(t in per_task for t in tasks):
                 diff = float(np.mean([per_task[t]["diff"] for t in tasks]))
                 se = math.sqrt(sum(per_task[t]["stderr"] ** 2 for t in tasks)) / len(tasks)
                 res = stats.independent_difference(diff, se, 0.0, 0.0)
                 rows.append({"comparison": kind, "run": a[0], "step": a[1], "vs_run": b[0], "vs_step": b[1],
-                             "task": DOMAINS[domain], "metric": "mean of primary metrics",
+                             "reference": _label(b), "task": DOMAINS[domain], "metric": "mean of primary metrics",
                              "mean_a": float(np.mean([per_task[t]["mean_a"] for t in tasks])),
                              "mean_b": float(np.mean([per_task[t]["mean_b"] for t in tasks])),
                              "n": sum(per_task[t]["n"] for t in tasks), **_keep(res)})
@@ -170,22 +185,25 @@ def _per_item_pass(rows: pd.DataFrame) -> tuple[int, np.ndarray, pd.Series]:
     return n, correct, rows["item"].reset_index(drop=True)
 
 
-def pass_at_k_table(items: pd.DataFrame) -> pd.DataFrame:
+def pass_at_k_table(items: pd.DataFrame, runs: dict | None = None) -> pd.DataFrame:
     """One row per (run, step, task, k) for tasks with several samples per problem: pass@k (Chen et al.'s unbiased
     estimator from each problem's count of correct samples), its 95% interval over problems, and delta (with
-    delta_low, delta_high) against the base's pass@k on the same problems."""
-    columns = ["run", "step", "task", "k", "pass_at_k", "low", "high", "n_items", "delta", "delta_low", "delta_high"]
+    delta_low, delta_high) against the pass@k of the run's `reference` (`runs`' reference; the base without `runs`)
+    on the same problems."""
+    columns = ["run", "step", "task", "k", "pass_at_k", "low", "high", "n_items", "reference", "delta", "delta_low",
+               "delta_high"]
     sampled = items[(items.metric == "samples_correct") & (items.samples > 1)]
     rows = []
-    base = {task: g for task, g in sampled[sampled.run == BASE].groupby("task")}
-    for (run, step, task), g in sampled.groupby(["run", "step", "task"], sort=False):
+    models = {key: g for key, g in sampled.groupby(["run", "step", "task"], sort=False)}
+    for (run, step, task), g in models.items():
         n, correct, ids = _per_item_pass(g)
         matrix = (np.arange(n)[None, :] < correct[:, None]).astype(int)  # c ones per problem: all pass@k needs
         curve = stats.pass_at_k_curve(matrix)
-        b = base.get(task)
+        ref = _reference(runs or {}, run)
+        b = models.get((*ref, task))
         for row in curve.itertuples(index=False):
             out = {"run": run, "step": step, "task": task, "k": row.k, "pass_at_k": row.pass_at_k, "low": row.low,
-                   "high": row.high, "n_items": row.n_items}
+                   "high": row.high, "n_items": row.n_items, "reference": _label(ref) if run != BASE else None}
             if b is not None and run != BASE and int(b.samples.iloc[0]) == n:
                 nb, cb, ids_b = _per_item_pass(b)
                 d = stats.paired_difference(stats.pass_at_k(n, correct, row.k), stats.pass_at_k(nb, cb, row.k),

@@ -8,7 +8,7 @@ import pandas as pd
 
 from scalpel import io
 from scalpel.analysis.matrices import MODULES
-from scalpel.config import BASE
+from scalpel.config import BASE, reference_label
 from scalpel.eval import evaluate
 from scalpel.io import read_yaml, write_tsv
 from scalpel.report import intervals
@@ -28,10 +28,9 @@ def final_step(runs: dict, run: str) -> int:
 
 
 def reference(runs: dict, run: str) -> str:
-    """What the run's checkpoints were diffed and KL-measured against (config runs.<name>.reference): `base`, or
-    `<run>@<step>`, another run's final checkpoint."""
-    ref = runs[run].get("reference", "base")
-    return ref if ref == "base" else f"{ref}@{final_step(runs, ref)}"
+    """What the run's checkpoints were compared with (config runs.<name>.reference): `base`, or `<run>@<step>`,
+    another run's final checkpoint."""
+    return reference_label(runs, run)
 
 
 def _known(runs: dict, names, where: str) -> None:
@@ -214,7 +213,7 @@ def main(args) -> None:
     out = Path(args.outdir)
     write_tsv(scores, out / "scores.tsv")
     write_tsv(differences, out / "differences.tsv")
-    write_tsv(intervals.pass_at_k_table(items), out / "pass_at_k.tsv")
+    write_tsv(intervals.pass_at_k_table(items, runs), out / "pass_at_k.tsv")
     write_tsv(intervals.seed_table(table, runs, [c for c in table.columns if c not in ("run", "method", "step")],
                                    seed_bounds(primary)), out / "seeds.tsv")
     write_tsv(updates, out / "updates.tsv")

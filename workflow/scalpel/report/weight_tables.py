@@ -1,11 +1,12 @@
 """The weight analyses (scalpel.analysis.weights, one parquet per job) gathered into tidy tables, and their model means.
 
 Tables, in results/tables/
-- `weights_update.tsv`, `weights_spectral.tsv`: one row per run, step, layer, module, with the run's method and
-  the checkpoint's % of training;
+- `weights_update.tsv`, `weights_spectral.tsv`: one row per run, step, layer, module, with the run's method, the
+  checkpoint's % of training and its `reference` (what the update is taken from: `base` or `<run>@<step>`);
 - `weights_means.tsv`: one row per checkpoint, the model means of both (`summarize`); spectral columns are empty
   for checkpoints the spectral pass skipped (config `weights.spectral`);
-- `weights_align.tsv` (per matrix) and `weights_align_means.tsv` (per pair of checkpoints): cosine and Jaccard.
+- `weights_align.tsv` (per matrix) and `weights_align_means.tsv` (per pair of checkpoints): cosine and Jaccard,
+  with each run's reference (`reference_a`, `reference_b`), from which its update is taken.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from scalpel.io import read_yaml, write_tsv
-from scalpel.report.tables import _in_order, _known, final_step
+from scalpel.report.tables import _in_order, _known, final_step, reference
 
 KEYS = ["run", "step"]
-ALIGN_KEYS = ["run_a", "step_a", "run_b", "step_b"]
+ALIGN_KEYS = ["run_a", "step_a", "run_b", "step_b", "reference_a", "reference_b"]
 
 
 def _ratio(num: float, den: float) -> float:
@@ -77,23 +78,25 @@ def _read(files) -> pd.DataFrame:
 
 
 def _with_progress(df: pd.DataFrame, runs: dict, where: str) -> pd.DataFrame:
-    """The run's method and the checkpoint's % of training after run, step; in spec order."""
+    """The run's method, the checkpoint's % of training and its reference after run, step; in spec order."""
     if df.empty:
-        return pd.DataFrame(columns=["run", "method", "step", "pct_training", "layer", "module"])
+        return pd.DataFrame(columns=["run", "method", "step", "pct_training", "reference", "layer", "module"])
     _known(runs, df.run, where)
-    df = df.copy()
+    df = df.drop(columns="reference", errors="ignore")
     df.insert(1, "method", df.run.map(lambda r: runs[r]["method"]))
     df.insert(3, "pct_training", 100.0 * df.step / df.run.map(lambda r: final_step(runs, r)))
+    df.insert(4, "reference", df.run.map(lambda r: reference(runs, r)))
     by = [c for c in ("run", "step", "layer", "module") if c in df]
     return _in_order(df, by, runs)
 
 
 def model_means(update: pd.DataFrame, spectral: pd.DataFrame, runs: dict) -> pd.DataFrame:
     """One row per checkpoint: the update table's model means, then the spectral ones where that pass ran."""
-    raw = update.drop(columns=["method", "pct_training"])
+    raw = update.drop(columns=["method", "pct_training", "reference"])
     means = summarize(raw, by=KEYS)
     if not spectral.empty:
-        spec = summarize(spectral.drop(columns=["method", "pct_training"]), by=KEYS).drop(columns="matrices")
+        spec = summarize(spectral.drop(columns=["method", "pct_training", "reference"]), by=KEYS).drop(
+            columns="matrices")
         means = means.merge(spec, on=KEYS, how="left")
     return _with_progress(means, runs, "weights update tables")
 
@@ -111,6 +114,8 @@ def write_tables(update_files, spectral_files, align_files, runs: dict, outdir) 
         align = pd.DataFrame(columns=[*ALIGN_KEYS, "layer", "module", "cosine", "jaccard", "jaccard_random"])
     else:
         _known(runs, set(align.run_a) | set(align.run_b), "weights align parquets")
+        align.insert(4, "reference_a", align.run_a.map(lambda r: reference(runs, r)))
+        align.insert(5, "reference_b", align.run_b.map(lambda r: reference(runs, r)))
     tables = {"weights_update": update, "weights_spectral": spectral,
               "weights_means": model_means(update, spectral, runs), "weights_align": align,
               "weights_align_means": align_means(align)}
