@@ -284,18 +284,22 @@ SWEEP_FIGURE = (
 
 
 def get_final_outputs():
-    return [
-        "results/tables/summary.tsv",
-        "results/figures/update_heatmaps.png",
-        "results/figures/update_trajectories.png",
-        "results/figures/scores_final.png",
-        "results/figures/scores_by_step.png",
-        "results/figures/kl_trajectories.png",
-        "results/figures/differences_final.png",
-        "results/figures/weights_heatmaps.png",
-        "results/figures/weights_trajectories.png",
-        "results/figures/weights_alignment.png",
-        "results/figures/forgetting.png",
-        "results/report/findings.html",
-        "results/tables/references.tsv",
-    ] + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else []) + list(SWEEP_FIGURE.values())
+    return (
+        [
+            "results/tables/summary.tsv",
+            "results/figures/update_heatmaps.png",
+            "results/figures/update_trajectories.png",
+            "results/figures/scores_final.png",
+            "results/figures/scores_by_step.png",
+            "results/figures/kl_trajectories.png",
+            "results/figures/differences_final.png",
+            "results/figures/weights_heatmaps.png",
+            "results/figures/weights_trajectories.png",
+            "results/figures/weights_alignment.png",
+            "results/figures/forgetting.png",
+            "results/report/findings.html",
+            "results/tables/references.tsv",
+        ]
+        + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [])
+        + list(SWEEP_FIGURE.values())
+    )

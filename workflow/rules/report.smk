@@ -55,6 +55,7 @@ rule plots:
         kl="results/tables/kl.tsv",
         spec="results/tables/spec.yaml",
     output:
+        **SWEEP_FIGURE,
         heatmaps=report(
             "results/figures/update_heatmaps.png",
             caption="../report/update_heatmaps.rst",
@@ -78,7 +79,6 @@ rule plots:
             caption="../report/differences_final.rst",
             category="Benchmarks",
         ),
-        **SWEEP_FIGURE,
     log:
         "logs/plots/plots.log",
     localrule: True
