@@ -67,3 +67,22 @@ def test_the_command_embeds_figures_and_the_authors_numbers(tmp_path):
     with pytest.raises(SystemExit, match="no caption for .*other.png"):
         cli.main(["findings", "--summary", tmp_path / "summary.tsv", "--figures", tmp_path / "other.png",
                   "--out", out])
+
+
+def test_the_forgetting_section_gives_each_r2_the_kl_differences_and_the_razor_verdict(tmp_path):
+    table = pd.DataFrame([
+        {"predictor": "angle_left_k4", "n": 21, "runs": 21, "r2": 0.98, "r2_low": 0.96, "r2_high": 0.99},
+        {"predictor": "kl_per_token", "n": 21, "runs": 21, "r2": 0.88, "r2_low": 0.74, "r2_high": 0.96},
+        {"predictor": "nss", "n": 3, "runs": 3, "r2": None, "r2_low": None, "r2_high": None}])
+    pairs = pd.DataFrame([{"predictor_a": "angle_left_k4", "predictor_b": "kl_per_token", "n": 21, "runs": 21,
+                           "r2_a": 0.98, "r2_b": 0.88, "diff": 0.1, "diff_low": 0.03, "diff_high": 0.22}])
+    rows = findings.forgetting_table(table, pairs).set_index("predictor")
+    assert list(rows.index) == ["angle_left_k4", "kl_per_token"]  # no R^2, no row
+    assert rows.loc["angle_left_k4", "R^2 [95% CI]"] == "0.980 [+0.960, +0.990]"
+    # the pair read from KL's side: R^2(KL) - R^2(angle), the interval negated and swapped
+    assert rows.loc["angle_left_k4", "R^2(KL) - R^2(predictor) [95% CI]"] == "-0.100 [-0.220, -0.030]"
+    assert rows.loc["kl_per_token", "R^2(KL) - R^2(predictor) [95% CI]"] == ""
+    html = findings.page(SUMMARY, None, None, [], "Found", forgetting_tables=(table, pairs))
+    assert "over 21 checkpoints" in html and "<b>not reproduced</b>" in html  # the angle's D lies below the margin
+    few = table.assign(n=[8, 8, 3])
+    assert "<b>inconclusive</b>" in findings.page(SUMMARY, None, None, [], "Found", forgetting_tables=(few, pairs))

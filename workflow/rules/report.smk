@@ -207,7 +207,12 @@ rule findings:
         authors="results/tables/authors_comparison.tsv",
         claims=["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [],
         seeds=["results/tables/claims_seeds.tsv"] if MINIATURE_CLAIMS else [],
-        figures=[f"results/figures/{name}.png" for name in ("differences_final", "scores_final", "update_heatmaps")],
+        forgetting=["results/tables/forgetting.tsv", "results/tables/forgetting_pairs.tsv"],
+        figures=[
+            f"results/figures/{name}.png"
+            for name in ("differences_final", "scores_final", "update_heatmaps", "forgetting")
+        ]
+        + list(SWEEP_FIGURE.values()),
     output:
         report("results/report/findings.html", caption="../report/findings.rst", category="Findings"),
     log:
@@ -221,4 +226,4 @@ rule findings:
         ),
     shell:
         "python -m scalpel findings --summary {input.summary:q} --authors {input.authors:q} {params.claims:q}"
-        " --figures {input.figures:q} --out {output:q} > {log:q} 2>&1"
+        " --forgetting {input.forgetting:q} --figures {input.figures:q} --out {output:q} > {log:q} 2>&1"

@@ -2,8 +2,9 @@
 
 From the tables the other report commands wrote, nothing recomputed: the pre-registered claims with their number,
 interval and verdict (the miniature, `claims.tsv`), each run's in-domain and out-of-domain change from the base with
-its paired interval (`summary.tsv`), our numbers beside the authors' (`authors_comparison.tsv`, the paper config),
-and the figures that carry them, embedded.
+its paired interval (`summary.tsv`), our numbers beside the authors' (`authors_comparison.tsv`, the paper config), what
+predicts forgetting with RL's Razor's pre-registered verdict (`forgetting.tsv`, `forgetting_pairs.tsv`), and the
+figures that carry them, embedded.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from scalpel.io import atomic_output
+from scalpel.report import forgetting
 from scalpel.report.tables import read_tsv
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,20 @@ def authors_table(authors: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def forgetting_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Each predictor of the out-of-domain change in R^2 order: its R^2 with the run-resampling interval, and
+    R^2(per-token KL) minus its R^2 with the paired interval (report.forgetting)."""
+    d = forgetting.kl_differences(pairs).set_index("predictor")
+    fitted = table.dropna(subset=["r2"])
+    return pd.DataFrame({
+        "predictor": fitted.predictor, "checkpoints": fitted.n, "runs": fitted.runs,
+        "R^2 [95% CI]": [interval(r, lo, hi).lstrip("+") for r, lo, hi in
+                         zip(fitted.r2, fitted.r2_low, fitted.r2_high)],
+        "R^2(KL) - R^2(predictor) [95% CI]": [
+            interval(*d.loc[p, ["diff", "diff_low", "diff_high"]]) if p in d.index else "" for p in fitted.predictor],
+    })
+
+
 def _figure(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return (f'<figure><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
@@ -107,7 +123,8 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def page(summary: pd.DataFrame, claims: pd.DataFrame | None, authors: pd.DataFrame | None,
-         figures: list[tuple[Path, str]], title: str, seeded: pd.DataFrame | None = None) -> str:
+         figures: list[tuple[Path, str]], title: str, seeded: pd.DataFrame | None = None,
+         forgetting_tables: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> str:
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if seeded is not None and not seeded.empty:
         table = seeded_table(seeded)
@@ -132,6 +149,16 @@ def page(summary: pd.DataFrame, claims: pd.DataFrame | None, authors: pd.DataFra
         parts += ["<h2>Beside the authors' numbers</h2>",
                   "<p class=note>Every cell both have (config <code>report.authors</code>); ± one standard "
                   "error.</p>", _table(authors_table(authors))]
+    if forgetting_tables is not None:
+        table, pairs = forgetting_tables
+        points = int(table.n.max()) if not table.empty else 0
+        parts += ["<h2>What predicts forgetting</h2>",
+                  f"<p class=note>Least-squares R^2 of the out-of-domain change on each predictor over {points} "
+                  "checkpoints, 95% intervals resampling runs; the last column is paired. RL's Razor's claim "
+                  "(per-token forward KL predicts better than each weight measure) by the rule pre-registered in "
+                  "docs/razor-claims.md, which needs at least 20 checkpoints: <b>"
+                  f"{html.escape(forgetting.razor_verdict(pairs, points))}</b>.</p>",
+                  _table(forgetting_table(table, pairs))]
     parts += [_figure(path, caption) for path, caption in figures]
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
@@ -143,6 +170,10 @@ FIGURES = {
     "scores_final.png": "Scores of the base and each run's final checkpoint, 95% intervals.",
     "update_heatmaps.png": "Relative update ||W - W_base||_F / ||W_base||_F per layer and matrix, final checkpoints "
                            "(the paper's Figure 3 metric).",
+    "forgetting.png": "The out-of-domain change against each predictor, with its line and R^2; below, R^2 of the "
+                      "per-token KL minus each other's, paired intervals resampling runs.",
+    "sweeps.png": "What each sweep did: in-domain and out-of-domain change from the base (95% intervals) and the "
+                  "mean relative update against the swept value.",
 }
 
 
@@ -152,6 +183,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--authors", help="authors_comparison.tsv")
     p.add_argument("--claims", help="claims.tsv (the miniature)")
     p.add_argument("--claims-seeds", help="claims_seeds.tsv (the miniature over training seeds)")
+    p.add_argument("--forgetting", nargs=2, metavar=("TABLE", "PAIRS"),
+                   help="forgetting.tsv and forgetting_pairs.tsv (rule forgetting)")
     p.add_argument("--figures", nargs="*", default=[], help=f"any of {', '.join(FIGURES)}, in order")
     p.add_argument("--title", default="What the study found")
     p.add_argument("--out", required=True)
@@ -165,7 +198,8 @@ def main(args) -> None:
     text = page(read_tsv(args.summary), read_tsv(args.claims) if args.claims else None,
                 read_tsv(args.authors) if args.authors else None,
                 [(Path(f), FIGURES[Path(f).name]) for f in args.figures], args.title,
-                read_tsv(args.claims_seeds) if args.claims_seeds else None)
+                read_tsv(args.claims_seeds) if args.claims_seeds else None,
+                tuple(read_tsv(f) for f in args.forgetting) if args.forgetting else None)
     with atomic_output(args.out) as tmp:
         Path(tmp).write_text(text)
     log.info("findings page: %s", args.out)
