@@ -34,6 +34,7 @@ COMMANDS = {
     "weight-plots": "report.weight_plots",
     "forgetting": "report.forgetting",
     "findings": "report.findings",
+    "throughput": "report.throughput",
     "slurm-preview": "slurm_preview",
 }
 
