@@ -456,8 +456,9 @@ def test_smoke_overlay_shrinks_only_counts(paper):
         assert spec["args"] == full[name]["args"] and spec.get("freeze") == full[name].get("freeze"), name
         assert spec.get("train_only") == full[name].get("train_only"), name
     # 112 keeps the paper's micro-batch on 8 processes (14 each, 448 = 14 x 4 accumulation) and on 7 (server mode)
-    assert study_config.micro_batches(112, 8, 16, 28) == (14, 1) and study_config.micro_batches(448, 8, 16, 28) == (14, 4)
-    assert study_config.micro_batches(112, 7, 16, 28) == (16, 1) and study_config.micro_batches(448, 7, 16, 28) == (16, 4)
+    for processes, per_device in ((8, 14), (7, 16)):
+        assert study_config.micro_batches(112, processes, 16, 28) == (per_device, 1)
+        assert study_config.micro_batches(448, processes, 16, 28) == (per_device, 4)
     for key in ("model", "data", "launch", "hub", "diff", "weights", "report"):
         assert merged[key] == paper[key], key
     assert {k: v for k, v in merged["eval"].items() if k != "limit"} == {k: v for k, v in paper["eval"].items()

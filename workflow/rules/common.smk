@@ -256,19 +256,21 @@ TRAINED_RUNS = [run for run in RUNS if not study_config.is_imported(RUNS[run])]
 
 
 def get_final_outputs():
-    return [
-        "results/tables/summary.tsv",
-        "results/figures/update_heatmaps.png",
-        "results/figures/update_trajectories.png",
-        "results/figures/scores_final.png",
-        "results/figures/scores_by_step.png",
-        "results/figures/kl_trajectories.png",
-        "results/figures/differences_final.png",
-        "results/figures/weights_heatmaps.png",
-        "results/figures/weights_trajectories.png",
-        "results/figures/weights_alignment.png",
-        "results/figures/forgetting.png",
-        "results/report/findings.html",
-    ] + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else []) + (
-        ["results/tables/throughput.tsv"] if TRAINED_RUNS else []
+    return (
+        [
+            "results/tables/summary.tsv",
+            "results/figures/update_heatmaps.png",
+            "results/figures/update_trajectories.png",
+            "results/figures/scores_final.png",
+            "results/figures/scores_by_step.png",
+            "results/figures/kl_trajectories.png",
+            "results/figures/differences_final.png",
+            "results/figures/weights_heatmaps.png",
+            "results/figures/weights_trajectories.png",
+            "results/figures/weights_alignment.png",
+            "results/figures/forgetting.png",
+            "results/report/findings.html",
+        ]
+        + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [])
+        + (["results/tables/throughput.tsv"] if TRAINED_RUNS else [])
     )

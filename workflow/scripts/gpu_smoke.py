@@ -112,7 +112,8 @@ def train(a, outdir: Path, method: str) -> list[dict]:
     cmd = launch.train_command(cfg["launch"], 1, acc) + [
         "train", "--spec", run_dir / "spec.yaml", "--base", outdir / "base", "--data", outdir / f"{method}.jsonl",
         "--state", run_dir / "state"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
     with open(run_dir / "train.log", "w") as log:
         proc = subprocess.run([str(c) for c in cmd], env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode:

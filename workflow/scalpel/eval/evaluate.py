@@ -106,7 +106,8 @@ def _merge(results: list[dict]) -> dict:
 
 def throughput(res: dict, seconds: list[tuple[list[str], float]], load_s: float, count_tokens) -> dict:
     """What the evaluation took: the model's load, then per task its items (as evaluated, and in the full set),
-    samples per item, generated tokens (the answers' texts retokenized, as lm-eval returns texts) and seconds. `seconds` holds each lm-eval call's tasks and duration; a call's
+    samples per item, generated tokens (the answers' texts retokenized, as lm-eval returns texts) and seconds.
+    `seconds` holds each lm-eval call's tasks and duration; a call's
     time is shared among its tasks by their generated tokens, a loglikelihood request counting as one token (a call
     batches its tasks' requests together, so no finer timing exists)."""
     tasks = {}
@@ -183,8 +184,9 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
     res = _merge(results)
     res["group_weight_by_size"] = item_scores.group_weighting(manager, res["group_subtasks"])
     res["throughput"] = throughput(res, seconds, load_s, _token_counter(lm.tokenizer))
-    log.info("generated %d tokens in %.1f s: %.1f tokens/s (model loaded in %.1f s)", res["throughput"]["generated_tokens"],
-             res["throughput"]["generate_s"], res["throughput"]["generated_tokens_per_s"], load_s)
+    speed = res["throughput"]
+    log.info("generated %d tokens in %.1f s: %.1f tokens/s (model loaded in %.1f s)", speed["generated_tokens"],
+             speed["generate_s"], speed["generated_tokens_per_s"], load_s)
     return normalise(res["results"], run, step), res
 
 

@@ -126,9 +126,10 @@ def project(train: pd.DataFrame, jobs: pd.DataFrame, tasks: pd.DataFrame, kl: pd
             wanted = [t for suite in study_config.eval_suites(full, final=final) for t in full["eval"]["tasks"][suite]]
             missing |= {t for t in wanted if t not in rate.index}
             seconds += load + sum(rate[t] * pooled.items_full[t] * samples.get(t, 1) for t in wanted if t in rate.index)
-        basis = "per-task seconds per item and sample x full items x samples"
+        basis = (f"not measured: {', '.join(sorted(missing))}" if missing
+                 else "per-task seconds per item and sample x full items x samples")
         rows.append(_row(PROJECTION, "evaluate", name, math.nan if missing else seconds, gpus.get("evaluate", 0),
-                         jobs=len(checkpoints), basis=f"not measured: {', '.join(sorted(missing))}" if missing else basis))
+                         jobs=len(checkpoints), basis=basis))
     limit = full.get("kl", {}).get("limit")
     examples = min(limit, kl_reference_size) if limit else kl_reference_size
     per_example, kl_load = kl.seconds.sum() / kl.n_examples.sum(), kl.load_s.mean()
@@ -137,9 +138,9 @@ def project(train: pd.DataFrame, jobs: pd.DataFrame, tasks: pd.DataFrame, kl: pd
         rows.append(_row(PROJECTION, "kl", name, n * (kl_load + examples * per_example), gpus.get("kl", 0), jobs=n,
                          basis=f"load + {examples} examples x the measured seconds per example"))
     total = [r for r in rows if not math.isnan(r["seconds"])]
-    rows.append({**_row(PROJECTION, "all", "all", sum(r["seconds"] for r in total), 0, jobs=sum(r["jobs"] for r in rows),
-                        basis=f"sum of the projected rows ({len(rows) - len(total)} not projected)"),
-                 "gpu_hours": sum(r["gpu_hours"] for r in total)})
+    summed = _row(PROJECTION, "all", "all", sum(r["seconds"] for r in total), 0, jobs=sum(r["jobs"] for r in rows),
+                  basis=f"sum of the projected rows ({len(rows) - len(total)} not projected)")
+    rows.append({**summed, "gpu_hours": sum(r["gpu_hours"] for r in total)})
     return rows
 
 
@@ -163,8 +164,8 @@ def _run_step(eval_tsv) -> tuple[str, int]:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("throughput", help="measured training, evaluation and KL rates, and the GPU-hours of "
-                                                 "a full config projected from them", description=__doc__.split("\n\n")[0])
-    p.add_argument("--histories", nargs="+", required=True, help="trainer_log.json of each trained run (spec.yaml beside)")
+                              "a full config projected from them", description=__doc__.split("\n\n")[0])
+    p.add_argument("--histories", nargs="+", required=True, help="trainer_log.json of the runs")
     p.add_argument("--eval", nargs="+", required=True, help="evaluation TSVs (.lm_eval.json beside)")
     p.add_argument("--kl", nargs="+", required=True, help="KL JSONs")
     p.add_argument("--kl-reference", required=True, help="the KL reference set (JSONL) of the study")
