@@ -3,13 +3,15 @@ import pandas as pd
 import pytest
 from scalpel.report import throughput
 
-GRPO_LOG = [{"step": 1, "step_s": 20.0, "steps_timed": 1, "batch": 112, "tokens_per_s": 1000.0,
+GRPO_LOG = [{"step": 1, "step_s": 20.0, "steps_timed": 1, "batch": 112, "processes": 8, "tokens_per_s": 1000.0,
              "generated_tokens_per_s": 500.0, "setup_s": 100.0},
-            {"step": 2, "step_s": 10.0, "steps_timed": 1, "batch": 112, "tokens_per_s": 2000.0,
+            {"step": 2, "step_s": 10.0, "steps_timed": 1, "batch": 112, "processes": 8, "tokens_per_s": 2000.0,
              "generated_tokens_per_s": 800.0, "save_s": 30.0},
             {"step": 2, "train_runtime": 160.0}]
-SFT_LOG = [{"step": 1, "step_s": 6.0, "steps_timed": 1, "batch": 112, "tokens_per_s": 900.0, "setup_s": 50.0},
-           {"step": 2, "step_s": 4.0, "steps_timed": 1, "batch": 112, "tokens_per_s": 1100.0, "save_s": 20.0}]
+SFT_LOG = [{"step": 1, "step_s": 6.0, "steps_timed": 1, "batch": 112, "processes": 8, "tokens_per_s": 900.0,
+            "setup_s": 50.0},
+           {"step": 2, "step_s": 4.0, "steps_timed": 1, "batch": 112, "processes": 8, "tokens_per_s": 1100.0,
+            "save_s": 20.0}]
 FULL = {"model": {"base": "x"}, "runs": {
     "grpo": {"method": "grpo", "steps": 571, "checkpoints": 20, "global_batch_size": 448},
     "sft": {"method": "sft", "steps": 462, "checkpoints": 20, "global_batch_size": 448},
@@ -54,7 +56,8 @@ def test_measured_rates(table):
 
 def test_training_projection_by_hand(table):
     grpo = table.loc[("projection", "train_grpo", "grpo")]
-    assert grpo.seconds == pytest.approx(100 + 571 * 10 * 448 / 112 + 20 * 30)  # 23,540 s
+    # 448 / 8 processes = 56 sequences each, against 112 / 8 = 14 measured: a step takes 4 times as long
+    assert grpo.seconds == pytest.approx(100 + 571 * 10 * 4 + 20 * 30)  # 23,540 s
     assert grpo.gpu_hours == pytest.approx(8 * 23540 / 3600) and grpo.gpus == 8
     sft = table.loc[("projection", "train_sft", "sft")]
     assert sft.seconds == pytest.approx(50 + 462 * 4 * 4 + 20 * 20)

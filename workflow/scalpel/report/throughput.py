@@ -5,9 +5,10 @@ second), set-up and checkpoint-save seconds (scalpel.train.trainer.Throughput, i
 evaluation's load and generation seconds per task (scalpel.eval.evaluate.throughput); each KL job's load and
 forward seconds. Projection rows: the same rates applied to the full config's lengths, per rule and run:
 
-- training: set-up + steps x seconds per step x (full batch / measured batch) + checkpoints x save seconds, the rates
-  of the run of the same name (else the mean of the measured runs of its method): a step's micro-batches run one
-  after the other, so its time grows with the batch;
+- training: set-up + steps x seconds per step x (full / measured sequences per process) + checkpoints x save
+  seconds, the rates of the run of the same name (else the mean of the measured runs of its method): a process runs
+  its share of a step's batch one micro-batch after the other, so a step's time grows with that share (the full
+  config's processes: the rule's GPUs x launch.nodes, one fewer for GRPO with a vLLM server);
 - evaluate: per job, load + for each task of that checkpoint, seconds per item and sample x the task's full items
   (lm-eval's count before `eval.limit`) x the full config's samples;
 - kl: per checkpoint, load + seconds per example x the full reference set (or `kl.limit`).
@@ -46,7 +47,8 @@ def train_rates(history: list[dict], spec: dict) -> dict:
     steady = steps[1:] or steps
     saves = [e["save_s"] for e in steps if "save_s" in e]
     setup = sum(e.get("setup_s", 0.0) for e in steps)
-    return {"run": spec["name"], "method": spec["method"], "batch": steps[-1]["batch"], "setup_s": setup,
+    return {"run": spec["name"], "method": spec["method"], "batch": steps[-1]["batch"],
+            "per_process": steps[-1]["batch"] / steps[-1].get("processes", 1), "setup_s": setup,
             "step_s": _median(e["step_s"] for e in steady), "save_s": sum(saves) / len(saves) if saves else 0.0,
             "tokens_per_s": _median(e.get("tokens_per_s") for e in steady),
             "generated_tokens_per_s": _median(e.get("generated_tokens_per_s") for e in steady),
@@ -101,19 +103,25 @@ def project(train: pd.DataFrame, jobs: pd.DataFrame, tasks: pd.DataFrame, kl: pd
             gpus: dict[str, int], kl_reference_size: int) -> list[dict]:
     """Projection rows of the full config `full` (a validated config) from the measured rates."""
     runs = {n: s for n, s in study_config.resolve_runs(full).items() if not study_config.is_imported(s)}
-    nodes = full.get("launch", {}).get("nodes", 1)
+    launch = full.get("launch", {})
     rows = []
     for name, spec in runs.items():
         rule = f"train_{spec['method']}"
         same = train[train.run == name]
         basis = f"{name}'s rates" if len(same) else f"mean rates of the measured {spec['method']} runs"
         m = (same if len(same) else train[train.method == spec["method"]]).mean(numeric_only=True)
-        batch = spec.get("global_batch_size") or spec["args"].get("per_device_train_batch_size", 8) * gpus.get(rule, 1)
-        seconds = (m.setup_s + spec["steps"] * m.step_s * batch / m.batch
-                   + len(spec["checkpoint_steps"]) * m.save_s)
-        rows.append(_row(PROJECTION, rule, name, seconds, gpus.get(rule, 0) * nodes,
-                         basis=f"{basis}; {spec['steps']} steps of {batch} (measured {m.batch:g}), "
-                               f"{len(spec['checkpoint_steps'])} saves", step_s=m.step_s * batch / m.batch))
+        gpus_per_job = gpus.get(rule, 0) * launch.get("nodes", 1)
+        vllm = launch.get("vllm", {})
+        server = spec["method"] == "grpo" and vllm.get("enabled") and vllm.get("mode") == "server"
+        processes = max(1, gpus_per_job - bool(server))
+        args = spec["args"]
+        share = (spec["global_batch_size"] / processes if spec.get("global_batch_size")
+                 else args.get("per_device_train_batch_size", 8) * args.get("gradient_accumulation_steps", 1))
+        step_s = m.step_s * share / m.per_process
+        seconds = m.setup_s + spec["steps"] * step_s + len(spec["checkpoint_steps"]) * m.save_s
+        rows.append(_row(PROJECTION, rule, name, seconds, gpus_per_job, step_s=step_s,
+                         basis=f"{basis}; {spec['steps']} steps of {share:g} per process (measured "
+                               f"{m.per_process:g}), {len(spec['checkpoint_steps'])} saves"))
     pooled = tasks.groupby("task").agg(seconds=("seconds", "sum"), item_samples=("item_samples", "sum"),
                                        items_full=("items_full", "max"))
     rate = pooled.seconds / pooled.item_samples

@@ -110,7 +110,7 @@ class Throughput(TrainerCallback):
         if steps <= 0 or "num_tokens" not in logs:
             return control
         seconds = now - self._t
-        rates = {"step_s": seconds / steps, "steps_timed": steps,
+        rates = {"step_s": seconds / steps, "steps_timed": steps, "processes": args.world_size,
                  "batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size}
         if self._tokens is not None:  # num_tokens counts from the first step: the first entry's tokens are its own
             rates["tokens_per_s"] = (logs["num_tokens"] - self._tokens) / seconds
