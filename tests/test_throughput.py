@@ -97,3 +97,24 @@ def test_gpus_per_rule_from_the_slurm_profile():
 
     gpus = throughput.slurm_gpus(yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text()))
     assert {r: gpus[r] for r in GPUS} == GPUS and gpus["diff"] == 0
+
+
+def test_files_written_before_the_rates_were_logged_are_left_out(tmp_path, capsys):
+    """A study run before this table: its histories, evaluations and KL files carry no rates; nothing is projected
+    from them, and the table still is written, saying so."""
+    import json
+
+    (tmp_path / "runs/sft").mkdir(parents=True)
+    (tmp_path / "runs/sft/trainer_log.json").write_text(json.dumps([{"step": 1, "loss": 1.0}]))
+    (tmp_path / "runs/sft/spec.yaml").write_text("{name: sft, method: sft}")
+    (tmp_path / "eval/base").mkdir(parents=True)
+    (tmp_path / "eval/base/step-0.lm_eval.json").write_text(json.dumps({"results": {}}))
+    (tmp_path / "kl.json").write_text(json.dumps({"run": "sft", "step": 2, "n_examples": 8}))
+    table = throughput.throughput_table([tmp_path / "runs/sft/trainer_log.json"], [tmp_path / "eval/base/step-0.tsv"],
+                                        [tmp_path / "kl.json"], {**FULL, "runs": {"sft": FULL["runs"]["sft"]}}, {}, 10)
+    assert "left out, written without throughput" in capsys.readouterr().out
+    assert set(table.kind) == {PROJECTION} and table[table.rule != "all"].seconds.isna().all()
+    assert table[table.rule == "all"].basis.item() == "sum of the projected rows (4 not projected)"
+
+
+PROJECTION = throughput.PROJECTION

@@ -31,6 +31,8 @@ from scalpel.io import write_tsv
 COLUMNS = ["kind", "rule", "run", "step", "jobs", "gpus", "seconds", "gpu_hours", "step_s", "tokens_per_s",
            "generated_tokens_per_s", "basis"]
 PROJECTION = "projection"
+TRAIN_COLUMNS = ["run", "method", "batch", "per_process", "setup_s", "step_s", "save_s", "tokens_per_s",
+                 "generated_tokens_per_s", "seconds"]
 
 
 def _median(values) -> float:
@@ -109,7 +111,7 @@ def project(train: pd.DataFrame, jobs: pd.DataFrame, tasks: pd.DataFrame, kl: pd
         rule = f"train_{spec['method']}"
         same = train[train.run == name]
         basis = f"{name}'s rates" if len(same) else f"mean rates of the measured {spec['method']} runs"
-        m = (same if len(same) else train[train.method == spec["method"]]).mean(numeric_only=True)
+        m = (same if len(same) else train[train.method == spec["method"]])[TRAIN_COLUMNS[2:]].astype(float).mean()
         gpus_per_job = gpus.get(rule, 0) * launch.get("nodes", 1)
         vllm = launch.get("vllm", {})
         server = spec["method"] == "grpo" and vllm.get("enabled") and vllm.get("mode") == "server"
@@ -140,7 +142,8 @@ def project(train: pd.DataFrame, jobs: pd.DataFrame, tasks: pd.DataFrame, kl: pd
                          jobs=len(checkpoints), basis=basis))
     limit = full.get("kl", {}).get("limit")
     examples = min(limit, kl_reference_size) if limit else kl_reference_size
-    per_example, kl_load = kl.seconds.sum() / kl.n_examples.sum(), kl.load_s.mean()
+    per_example = kl.seconds.sum() / kl.n_examples.sum() if len(kl) else math.nan
+    kl_load = kl.load_s.mean()
     for name, spec in runs.items():
         n = len(spec["checkpoint_steps"])
         rows.append(_row(PROJECTION, "kl", name, n * (kl_load + examples * per_example), gpus.get("kl", 0), jobs=n,
@@ -154,12 +157,24 @@ def project(train: pd.DataFrame, jobs: pd.DataFrame, tasks: pd.DataFrame, kl: pd
 
 def throughput_table(histories, evals, kl_files, full: dict, profile: dict, kl_reference_size: int) -> pd.DataFrame:
     """The measured rows of a study's files, then the projection of `full`."""
-    train = pd.DataFrame([train_rates(json.loads(Path(h).read_text()),
-                                      yaml.safe_load((Path(h).parent / "spec.yaml").read_text())) for h in histories])
-    parts = [eval_rates(json.loads(Path(e).with_suffix(".lm_eval.json").read_text()), *_run_step(e)) for e in evals]
-    jobs = pd.DataFrame([job for job, _ in parts])
-    tasks = pd.DataFrame([row for _, rows in parts for row in rows])
-    kl = pd.DataFrame([json.loads(Path(f).read_text()) for f in kl_files])
+    logs = {h: json.loads(Path(h).read_text()) for h in histories}
+    results = {e: json.loads(Path(e).with_suffix(".lm_eval.json").read_text()) for e in evals}
+    kls = {f: json.loads(Path(f).read_text()) for f in kl_files}
+    # files written before the rates were logged are left out, and said so: what they would measure is not projected
+    old = ([h for h, log in logs.items() if not any("step_s" in e for e in log)]
+           + [e for e, res in results.items() if "throughput" not in res]
+           + [f for f, r in kls.items() if "seconds" not in r])
+    if old:
+        print(f"left out, written without throughput: {', '.join(map(str, old))}")
+    train = pd.DataFrame([train_rates(log, yaml.safe_load((Path(h).parent / "spec.yaml").read_text()))
+                          for h, log in logs.items() if h not in old], columns=TRAIN_COLUMNS)
+    parts = [eval_rates(res, *_run_step(e)) for e, res in results.items() if e not in old]
+    jobs = pd.DataFrame([job for job, _ in parts],
+                        columns=["run", "step", "load_s", "seconds", "generated_tokens_per_s"])
+    tasks = pd.DataFrame([row for _, rows in parts for row in rows],
+                         columns=["task", "run", "step", "seconds", "item_samples", "items_full"])
+    kl = pd.DataFrame([r for f, r in kls.items() if f not in old],
+                      columns=["run", "step", "load_s", "seconds", "n_examples", "n_tokens"])
     gpus = slurm_gpus(profile)
     rows = measured_rows(train, jobs, kl, gpus) + project(train, jobs, tasks, kl, full, gpus, kl_reference_size)
     return pd.DataFrame(rows, columns=COLUMNS)
