@@ -123,7 +123,7 @@ def project(train: pd.DataFrame, jobs: pd.DataFrame, tasks: pd.DataFrame, kl: pd
         seconds = m.setup_s + spec["steps"] * step_s + len(spec["checkpoint_steps"]) * m.save_s
         rows.append(_row(PROJECTION, rule, name, seconds, gpus_per_job, step_s=step_s,
                          basis=f"{basis}; {spec['steps']} steps of {share:g} per process (measured "
-                               f"{m.per_process:g}), {len(spec['checkpoint_steps'])} saves"))
+                               f"{m.per_process:g}), saves at {len(spec['checkpoint_steps'])} checkpoints"))
     pooled = tasks.groupby("task").agg(seconds=("seconds", "sum"), item_samples=("item_samples", "sum"),
                                        items_full=("items_full", "max"))
     rate = pooled.seconds / pooled.item_samples
