@@ -145,3 +145,17 @@ def test_samples_carry_per_item_metrics(tmp_path):
     assert table.query("task == 'mini_math_l1' and metric == 'pass@1'").value.item() == pytest.approx(mean)
     probes = [r for r in rows if r["task"] == "mini_instructions"]
     assert [set(r["metrics"]) for r in probes] == [{"prompt_level_strict_acc"}] * 2
+    # what the evaluation took: the tokens of every generated answer, the items and samples behind them
+    from transformers import AutoTokenizer
+
+    speed = json.loads(out.with_suffix(".lm_eval.json").read_text())["throughput"]
+    tok = AutoTokenizer.from_pretrained(tmp_path / "base")
+    answers = [text for r in maths for text in r["resps"][0]]
+    assert len(answers) == 4
+    tokens = sum(len(tok(text, add_special_tokens=False)["input_ids"]) for text in answers)
+    m = speed["tasks"]["mini_math_l1"]
+    assert (m["items"], m["items_full"], m["samples"], m["requests"]) == (2, 2, 2, 4)
+    assert m["generated_tokens"] == tokens > 0  # the answers retokenized (a random model's bytes may merge otherwise)
+    assert sum(t["seconds"] for t in speed["tasks"].values()) == pytest.approx(speed["generate_s"])
+    assert speed["generated_tokens_per_s"] == pytest.approx(speed["generated_tokens"] / speed["generate_s"])
+    assert speed["load_s"] > 0

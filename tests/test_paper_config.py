@@ -278,7 +278,7 @@ def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
                       "train_sft": 5, "evaluate": 1 + checkpoints, "diff": checkpoints, "kl": checkpoints,
                       "analysis_spec": 1, "tables": 1, "plots": 1, "all": 1, "weights_update": checkpoints,
                       "weights_spectral": 6, "weights_align": 5, "weight_tables": 1, "weight_plots": 1,
-                      "forgetting": 1, "findings": 1, "reference_check": 1}
+                      "forgetting": 1, "findings": 1, "reference_check": 1, "throughput": 1}
     evals = [j["shell"] for j in paper_dag if j["rule"] == "evaluate"]
     every = "paper_aime24,paper_math500,paper_gsm8k,paper_gpqa_diamond,paper_mmlu,leaderboard_mmlu_pro,paper_ifeval"
     assert sum(f"--tasks {every} " in s for s in evals) == 1 + 6  # the base and each run's final checkpoint
@@ -362,7 +362,7 @@ def test_sbatch_lines_of_the_paper_dag(paper_dag):
     assert lines["weights_update"] == "-A 'acct' -p 'cpu' -t 30 --mem 2000 --ntasks=1 --cpus-per-task=2"
     assert {j["rule"] for j in paper_dag if j["local"]} == {"run_spec", "launch_files", "prefetch", "analysis_spec",
                                                               "tables", "plots", "weight_tables", "weight_plots",
-                                                              "forgetting", "findings"}
+                                                              "forgetting", "findings", "throughput", "reference_check"}
 
 
 def test_vllm_server_mode_gives_one_gpu_to_vllm_as_the_authors_ran(tmp_path):
@@ -381,3 +381,87 @@ def test_vllm_server_mode_gives_one_gpu_to_vllm_as_the_authors_ran(tmp_path):
     assert train.startswith("accelerate launch") and "--num_processes 7 " in train  # 8 GPUs: 7 train, 1 serves
     assert all("--num_processes 8 " in j["shell"] and "vllm-server" not in j["shell"]
                for j in jobs if j["rule"] == "train_sft")
+
+
+SMOKE_OVERLAY = ROOT / "config/paper-smoke.yaml"
+SLURM_ENV = {"SLURM_ACCOUNT": "acct", "SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu"}
+
+
+@pytest.fixture(scope="module")
+def smoke_dag(tmp_path_factory):
+    """`snakemake -n -p --profile profiles/slurm --configfile config/paper.yaml config/paper-smoke.yaml`."""
+    import os
+
+    from scalpel import slurm_preview
+
+    return slurm_preview.dry_run_jobs([PAPER, SMOKE_OVERLAY], ROOT / "profiles/slurm",
+                                      tmp_path_factory.mktemp("smoke"), dict(os.environ, **SLURM_ENV))
+
+
+def _by_rule(dag) -> dict[str, dict]:
+    return {job["rule"]: job for job in dag}
+
+
+def test_smoke_overlay_plans_the_paper_rules_with_the_same_resources(paper_dag, smoke_dag):
+    paper, smoke = _by_rule(paper_dag), _by_rule(smoke_dag)
+    assert set(smoke) == set(paper)
+    for rule, job in paper.items():
+        assert smoke[rule]["resources"] == job["resources"], rule  # gpu, cpus_per_gpu, mem_mb, partition, runtime
+        assert smoke[rule]["threads"] == job["threads"] and smoke[rule]["local"] == job["local"], rule
+    gpu_rules = {rule for rule, job in smoke.items() if "gpu" in job["resources"]}
+    assert gpu_rules == {"train_grpo", "train_sft", "evaluate", "kl"}
+
+
+def test_smoke_overlay_has_one_checkpoint_per_run_and_every_benchmark(smoke_dag):
+    counts = {}
+    for job in smoke_dag:
+        counts[job["rule"]] = counts.get(job["rule"], 0) + 1
+    assert counts == {"prefetch": 3, "base_model": 1, "data": 1, "launch_files": 1, "run_spec": 6, "train_grpo": 1,
+                      "train_sft": 5, "evaluate": 1 + 6, "diff": 6, "kl": 6, "analysis_spec": 1, "tables": 1,
+                      "plots": 1, "all": 1, "weights_update": 6, "weights_spectral": 6, "weights_align": 5,
+                      "weight_tables": 1, "weight_plots": 1, "forgetting": 1, "findings": 1, "reference_check": 1,
+                      "throughput": 1}
+    every = "paper_aime24,paper_math500,paper_gsm8k,paper_gpqa_diamond,paper_mmlu,leaderboard_mmlu_pro,paper_ifeval"
+    evals = [j["shell"] for j in smoke_dag if j["rule"] == "evaluate"]
+    assert all(f"--tasks {every} " in s and "--backend vllm" in s and " --limit 4 " in s for s in evals)
+    assert all('"paper_aime24": 16' in s for s in evals)  # every evaluated model is a final one: 16 samples
+    assert all(" --limit 8 " in j["shell"] for j in smoke_dag if j["rule"] == "kl")
+    trains = [j["shell"] for j in smoke_dag if j["rule"].startswith("train_")]
+    assert all(s.startswith("OMP_NUM_THREADS=8 accelerate launch") and "--num_processes 8" in s for s in trains)
+
+
+def test_smoke_overlay_runs_the_same_conda_envs(tmp_path):
+    import os
+
+    from scalpel import slurm_preview
+
+    env = dict(os.environ, **SLURM_ENV)
+    paper = slurm_preview.rule_envs([PAPER], tmp_path / "paper", env)
+    smoke = slurm_preview.rule_envs([PAPER, SMOKE_OVERLAY], tmp_path / "smoke", env)
+    assert smoke == paper and paper["train_grpo"] == "../../envs/train.yaml"
+    assert paper["evaluate"] == "../../envs/eval.yaml" and paper["data"] == "../../envs/data.yaml"
+
+
+def test_smoke_overlay_shrinks_only_counts(paper):
+    """The merged config (Snakemake's update_config, as `--configfile a b` merges) differs from the paper's only in
+    steps, checkpoints, the batch per step and the item limits; every TRL argument and launch setting is the same."""
+    from snakemake.utils import update_config
+
+    merged = copy.deepcopy(yaml.safe_load(PAPER.read_text()))
+    update_config(merged, yaml.safe_load(SMOKE_OVERLAY.read_text()))
+    validate(merged, schema=SCHEMA)
+    smoke, full = study_config.resolve_runs(merged), study_config.resolve_runs(paper)
+    assert set(smoke) == set(full)
+    for name, spec in smoke.items():
+        assert spec["checkpoint_steps"] == [2] and spec["global_batch_size"] == 112, name
+        assert spec["args"] == full[name]["args"] and spec.get("freeze") == full[name].get("freeze"), name
+        assert spec.get("train_only") == full[name].get("train_only"), name
+    # 112 keeps the paper's micro-batch on 8 processes (14 each, 448 = 14 x 4 accumulation) and on 7 (server mode)
+    for processes, per_device in ((8, 14), (7, 16)):
+        assert study_config.micro_batches(112, processes, 16, 28) == (per_device, 1)
+        assert study_config.micro_batches(448, processes, 16, 28) == (per_device, 4)
+    for key in ("model", "data", "launch", "hub", "diff", "weights", "report"):
+        assert merged[key] == paper[key], key
+    assert {k: v for k, v in merged["eval"].items() if k != "limit"} == {k: v for k, v in paper["eval"].items()
+                                                                          if k != "limit"}
+    assert (merged["eval"]["limit"], merged["kl"]["limit"]) == (4, 8)

@@ -243,3 +243,30 @@ def test_finished_ranks_exit_0_past_a_teardown_that_would_abort_or_hang(tmp_path
         # the rank logged its end (then left) only after rank 0 stamped the state
         stamped = (tmp_path / "state/finished").stat().st_mtime
         assert datetime.strptime(ended[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() >= stamped - 0.01, rank
+
+
+def test_throughput_is_logged_per_step_with_the_tokens_of_each_batch(tmp_path):
+    """Every example is the same conversation, so each step's tokens are known by hand: 2 per batch x its length."""
+    import json
+
+    from conftest import write_tiny_study
+    from scalpel import config
+    from scalpel.io import read_jsonl, write_jsonl
+
+    write_tiny_study(tmp_path)
+    write_jsonl([read_jsonl(tmp_path / "sft.jsonl")[0]] * 8, tmp_path / "same.jsonl")
+    cfg = {"runs": {"sft": {"method": "sft", "steps": 3, "checkpoints": 1}},
+           "train_defaults": {"sft": {"use_cpu": True, "bf16": False, "max_length": 64, "logging_steps": 1,
+                                      "per_device_train_batch_size": 2, "completion_only_loss": False}}}
+    spec = config.resolve_run(cfg, "sft")
+    trainer = train.build_trainer(spec, str(tmp_path / "base"), str(tmp_path / "same.jsonl"), tmp_path / "state")
+    trainer.train()
+    steps = [e for e in trainer.state.log_history if "step_s" in e]
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    tokens = 2 * len(trainer.train_dataset[0]["input_ids"])
+    for entry in steps:
+        assert entry["batch"] == 2 and entry["steps_timed"] == 1 and entry["step_s"] > 0
+        assert entry["tokens_per_s"] * entry["step_s"] == pytest.approx(tokens)
+    assert steps[0]["setup_s"] > 0 and "setup_s" not in steps[1]
+    assert steps[-1]["save_s"] > 0 and "save_s" not in steps[0]  # one checkpoint, at step 3
+    json.dumps(trainer.state.log_history)  # what mark_finished writes

@@ -179,7 +179,7 @@ def test_report_and_rerun_behaviour(study):
     assert planned_jobs(study, "--forcerun", "train_sft") == {
         "train_sft": 3, "diff": 4, "evaluate": 4, "kl": 4, "weights_update": 4, "weights_spectral": 3,
         "weights_align": 3, "tables": 1, "weight_tables": 1, "forgetting": 1, "plots": 1, "weight_plots": 1,
-        "findings": 1, "reference_check": 1, "all": 1, "total": 33}
+        "findings": 1, "reference_check": 1, "throughput": 1, "all": 1, "total": 34}
     report = study / "report.html"
     snakemake(study, "--report", str(report))
     html = report.read_text(errors="replace")
@@ -275,3 +275,35 @@ def test_report_builds_without_docutils_errors_and_opens_on_the_findings(study):
     sft = summary.loc["sft"]
     assert f"{sft.out_of_domain_delta:+.3f} [{sft.out_of_domain_delta_low:+.3f}, " in page
     assert page.count("data:image/png;base64,") == 3
+
+
+def test_throughput_of_the_smoke_study_and_its_projection(study):
+    """The smoke study projected onto its own config (its first config file): training's projection recomputed by
+    hand from each log history; evaluation and KL, whose lengths are then those measured, add up to what was
+    measured. On the Slurm profile's 8 GPUs GRPO's 16 completions a step are 2 per process, against 16 in the one
+    CPU process measured; SFT (no global_batch_size) keeps 8 per process."""
+    import json
+    import statistics
+
+    rows = table(study, "throughput.tsv").set_index(["kind", "rule", "run", "step"], drop=False)
+    projected = rows[rows.kind == "projection"].set_index(["rule", "run"])
+    measured = rows[rows.kind == "measured"]
+    for run, method, steps, saves, share in (("grpo", "grpo", 4, 2, 2 / 16), ("sft", "sft", 4, 2, 1),
+                                             ("sft_qk_only", "sft", 4, 1, 1)):
+        logged = [e for e in json.loads((study / f"results/runs/{run}/trainer_log.json").read_text()) if "step_s" in e]
+        assert [e["step"] for e in logged] == [1, 2, 3, 4] and "setup_s" in logged[0]
+        assert {(e["batch"], e["processes"]) for e in logged} == {(16 if method == "grpo" else 8, 1)}
+        step_s = statistics.median(e["step_s"] for e in logged[1:]) * share
+        save_s = [e["save_s"] for e in logged if "save_s" in e]
+        assert len(save_s) == saves
+        row = projected.loc[(f"train_{method}", run)]
+        assert row.seconds == pytest.approx(logged[0]["setup_s"] + steps * step_s + saves * sum(save_s) / saves)
+        assert row.gpus == 8 and row.gpu_hours == pytest.approx(8 * row.seconds / 3600)
+        if method == "grpo":  # 16 completions a step, their mean length as TRL logged it, over the generation time
+            for e in logged:
+                assert e["generated_tokens"] == pytest.approx(e["completions/mean_length"] * 16)
+                assert e["generated_tokens_per_s"] == pytest.approx(e["generated_tokens"] / e["generate_s"])
+    for rule in ("evaluate", "kl"):
+        assert projected.loc[rule].seconds.sum() == pytest.approx(measured[measured.rule == rule].seconds.sum())
+    assert len(measured[measured.rule == "evaluate"]) == 7 and (measured.generated_tokens_per_s.dropna() > 0).all()
+    assert projected.loc[("all", "all")].gpu_hours == pytest.approx(projected.drop(("all", "all")).gpu_hours.sum())

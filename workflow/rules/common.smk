@@ -281,6 +281,11 @@ SWEEP_FIGURE = (
     if any(spec["swept"] for spec in RUNS.values())
     else {}
 )
+# The throughput table projects the GPU-hours of the first config file: config/paper.yaml under the smoke overlay
+# (config/paper-smoke.yaml), a study's own config otherwise; GPUs per job as profiles/slurm asks them.
+FULL_CONFIG = str((workflow.overwrite_configfiles or [Path(workflow.basedir) / "config/config.yaml"])[0])
+SLURM_PROFILE = str(Path(workflow.basedir) / "profiles/slurm/config.yaml")
+TRAINED_RUNS = [run for run in RUNS if not study_config.is_imported(RUNS[run])]
 
 
 def get_final_outputs():
@@ -301,5 +306,6 @@ def get_final_outputs():
             "results/tables/references.tsv",
         ]
         + (["results/tables/claims.tsv"] if MINIATURE_CLAIMS else [])
+        + (["results/tables/throughput.tsv"] if TRAINED_RUNS else [])
         + list(SWEEP_FIGURE.values())
     )

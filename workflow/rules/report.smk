@@ -169,6 +169,28 @@ rule forgetting:
         " > {log:q} 2>&1"
 
 
+rule throughput:
+    input:
+        histories=[f"results/runs/{run}/trainer_log.json" for run in TRAINED_RUNS],
+        specs=[f"results/runs/{run}/spec.yaml" for run in TRAINED_RUNS],
+        evals=get_eval_files(),
+        kl=get_kl_files(),
+        reference=get_kl_reference(),
+        full=FULL_CONFIG,
+        profile=SLURM_PROFILE,
+    output:
+        report("results/tables/throughput.tsv", caption="../report/throughput.rst", category="Tables"),
+    log:
+        "logs/throughput/throughput.log",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m scalpel throughput --histories {input.histories:q} --eval {input.evals:q} --kl {input.kl:q}"
+        " --kl-reference {input.reference:q} --full {input.full:q} --profile {input.profile:q} --out {output:q}"
+        " > {log:q} 2>&1"
+
+
 EVALUATED = {task for suite in config["eval"]["tasks"].values() for task in suite}
 
 if MINIATURE_CLAIMS:

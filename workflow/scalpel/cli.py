@@ -35,6 +35,7 @@ COMMANDS = {
     "weight-plots": "report.weight_plots",
     "forgetting": "report.forgetting",
     "findings": "report.findings",
+    "throughput": "report.throughput",
     "slurm-preview": "slurm_preview",
 }
 

@@ -7,6 +7,7 @@ parts, which depend on the submission, are left out.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,15 +26,41 @@ def deployment_args() -> list[str]:
 
 
 def dry_run_jobs(configfile, profile, workdir, env=None) -> list[dict]:
-    """Every job of the dry run of `configfile` with `profile`, run in `workdir` (see `parse_jobs`)."""
+    """Every job of the dry run of `configfile` (a path, or a list merged in order, as `--configfile a b` does) with
+    `profile`, run in `workdir` (see `parse_jobs`)."""
+    files = [str(f) for f in configfile] if isinstance(configfile, (list, tuple)) else [str(configfile)]
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", "--snakefile", str(ROOT / "Snakefile"), "--configfile",
-         str(configfile), "--profile", str(profile), "--directory", str(workdir), *deployment_args()],
+         *files, "--profile", str(profile), "--directory", str(workdir), *deployment_args()],
         env=env, capture_output=True, text=True, timeout=300,
     )
     if out.returncode:
         raise RuntimeError(f"snakemake -n failed:\n{out.stderr[-3000:]}")
     return parse_jobs(out.stdout + out.stderr)
+
+
+def rule_envs(configfiles, workdir, env=None) -> dict[str, str | None]:
+    """rule -> its conda env file as the workflow of `configfiles` declares it (a rule's env may depend on the config:
+    the data and model rules). Snakemake's `--list-conda-envs` needs conda itself, so the workflow is loaded through
+    its API, in a child process (the Snakefile sets environment variables)."""
+    code = ("import json, sys; from scalpel.slurm_preview import _print_envs; "
+            "_print_envs(sys.argv[1], sys.argv[2:])")
+    out = subprocess.run([sys.executable, "-c", code, str(workdir), *map(str, configfiles)], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=ROOT / "workflow")
+    if out.returncode:
+        raise RuntimeError(f"loading the workflow failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def _print_envs(workdir: str, configfiles: list[str]) -> None:
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(), storage_settings=StorageSettings(),
+                                config_settings=ConfigSettings(configfiles=[Path(f) for f in configfiles]),
+                                snakefile=ROOT / "Snakefile", workdir=Path(workdir))
+        print(json.dumps({rule.name: rule.conda_env for rule in workflow._workflow.rules}))
 
 
 def parse_jobs(output: str) -> list[dict]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 
@@ -125,10 +126,13 @@ def main(args) -> None:
     check_safetensors(args.checkpoint)
     examples = read_jsonl(args.reference)[: args.limit]
     dtype = getattr(torch, args.dtype)
+    start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)
     base = AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype).to(args.device)
     ckpt = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=dtype).to(args.device)
+    loaded = time.perf_counter()
     result = kl_divergence(base, ckpt, tokenizer, examples, device=args.device, max_length=args.max_length)
+    result.update(load_s=loaded - start, seconds=time.perf_counter() - loaded)  # for the throughput table
     log.info("%s step %d: mean KL %.6g per token (%.6g per sequence) over %d examples, %d tokens", args.run,
              args.step, result["mean_kl"], result["mean_seq_kl"], result["n_examples"], result["n_tokens"])
     write_json({"run": args.run, "step": args.step, "base": args.base, "checkpoint": args.checkpoint,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -117,6 +118,41 @@ def _merge(results: list[dict]) -> dict:
     return merged
 
 
+def throughput(res: dict, seconds: list[tuple[list[str], float]], load_s: float, count_tokens) -> dict:
+    """What the evaluation took: the model's load, then per task its items (as evaluated, and in the full set),
+    samples per item, generated tokens (the answers' texts retokenized, as lm-eval returns texts) and seconds.
+    `seconds` holds each lm-eval call's tasks and duration; a call's
+    time is shared among its tasks by their generated tokens, a loglikelihood request counting as one token (a call
+    batches its tasks' requests together, so no finer timing exists)."""
+    tasks = {}
+    for task, samples in res["samples"].items():
+        generative = res["configs"].get(task, {}).get("output_type") == "generate_until"
+        responses = [r for s in samples for r in s["resps"]]  # a generated one: the list of its samples' texts
+        texts = [t for r in responses for t in (r if isinstance(r, list) else [r])] if generative else []
+        counts = res["n-samples"].get(task, {})
+        tasks[task] = {"items": len(samples), "items_full": counts.get("original", len(samples)),
+                       "samples": max(1, len(texts) // max(1, len(samples))),
+                       "requests": len(texts) if generative else len(responses),
+                       "generated_tokens": count_tokens(texts) if texts else 0}
+    for names, duration in seconds:
+        names = [t for t in tasks if t in names or _in_group(res, t, names)]
+        units = {t: tasks[t]["generated_tokens"] or tasks[t]["requests"] for t in names}
+        for t in names:
+            tasks[t]["seconds"] = duration * units[t] / max(1, sum(units.values()))
+    generated, generate_s = sum(t["generated_tokens"] for t in tasks.values()), sum(d for _, d in seconds)
+    return {"load_s": load_s, "generate_s": generate_s, "generated_tokens": generated,
+            "generated_tokens_per_s": generated / generate_s if generate_s else math.nan, "tasks": tasks}
+
+
+def _token_counter(tokenizer):
+    return lambda texts: sum(map(len, tokenizer(texts, add_special_tokens=False)["input_ids"]))
+
+
+def _in_group(res: dict, task: str, names: list[str]) -> bool:
+    """Whether `task` is a subtask of a group among `names` (paper_mmlu's subjects)."""
+    return any(task in res["group_subtasks"].get(name, []) for name in names)
+
+
 def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: str, step: int, backend: str = "hf",
              dtype: str = "float32", batch_size: int = 32, limit: int | None = None, seed: int = 0,
              device: str = "cpu", gen_kwargs: dict | None = None, num_fewshot: dict[str, int] | None = None,
@@ -138,9 +174,11 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
 
     from scalpel.eval.lm_backends import model_class
 
+    start = time.perf_counter()
     lm = model_class(backend).create_from_arg_obj(
         model_args(checkpoint, backend, dtype, extra_model_args, seed, source),
         {"batch_size": batch_size, "device": device})
+    load_s, seconds = time.perf_counter() - start, []
     if chat_template is not None:
         lm.tokenizer.chat_template = chat_template
         if hasattr(lm, "hf_chat_template"):  # lm-eval's vLLM backend renders with this copy
@@ -151,14 +189,20 @@ def evaluate(checkpoint: str, tasks: list[str], task_dir: str | None, *, run: st
         log.info("tasks %s with %s few-shot examples, %s", group, "their default" if shots is None else shots,
                  "as chat turns" if multiturn else "in the question's user message")
         specs = [sampled_task(manager, t, samples[t]) if (samples or {}).get(t, 1) > 1 else t for t in group]
+        start = time.perf_counter()
         results.append(lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=shots, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
             task_manager=manager, limit=limit, apply_chat_template=True, fewshot_as_multiturn=multiturn,
             log_samples=True, random_seed=seed,
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         ))
+        seconds.append((group, time.perf_counter() - start))
     res = _merge(results)
     res["group_weight_by_size"] = item_scores.group_weighting(manager, res["group_subtasks"])
+    res["throughput"] = throughput(res, seconds, load_s, _token_counter(lm.tokenizer))
+    speed = res["throughput"]
+    log.info("generated %d tokens in %.1f s: %.1f tokens/s (model loaded in %.1f s)", speed["generated_tokens"],
+             speed["generate_s"], speed["generated_tokens_per_s"], load_s)
     return normalise(res["results"], run, step), res
 
 
@@ -175,7 +219,8 @@ def run(checkpoint: str, tasks: list[str], task_dir: str | None, out_tsv: str, *
     table, res = evaluate(checkpoint, tasks, task_dir, run=run, step=step, **kwargs)
     rows = item_scores.from_results(res, res["group_weight_by_size"], item_clusters)
     out = Path(out_tsv)
-    keep = ("results", "configs", "versions", "n-shot", "n-samples", "group_subtasks", "group_weight_by_size")
+    keep = ("results", "configs", "versions", "n-shot", "n-samples", "group_subtasks", "group_weight_by_size",
+            "throughput")
     with atomic_output(out.with_suffix(".lm_eval.json")) as tmp:
         tmp.write_text(json.dumps({k: res[k] for k in keep}, indent=1, default=str))
     with atomic_output(out.with_suffix(".samples.jsonl")) as tmp, open(tmp, "w") as fh:

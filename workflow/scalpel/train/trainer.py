@@ -69,6 +69,72 @@ class CheckpointSchedule(TrainerCallback):
         return control
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (the launcher starts each rank; loading, ZeRO-3 and vLLM set-up follow)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+class Throughput(TrainerCallback):
+    """Rates written into each logged entry of the log history (logging_steps 1: per optimizer step): `step_s`, the
+    seconds per optimizer step since the last log (checkpoint saves left out), `tokens_per_s` (TRL's `num_tokens`:
+    prompt and completion tokens of every process, padding excluded) and, for GRPO, `generated_tokens_per_s`
+    (completion tokens over the seconds spent in the trainer's `_generate`, on the main process). `setup_s` (process
+    start to the first step: loading, ZeRO-3 and vLLM set-up) goes into the first entry, `save_s` into the entry of
+    each step that saved a checkpoint."""
+
+    def __init__(self):
+        self.generate_s = 0.0
+        self._t = self._step = self._tokens = self._generated = self._setup = None
+
+    def time_generation(self, trainer) -> None:
+        generate = trainer._generate
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                self.generate_s += time.perf_counter() - start
+
+        trainer._generate = timed
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._setup, self._t, self._step = process_age_s(), time.perf_counter(), state.global_step
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs, entry, now = logs or {}, state.log_history[-1], time.perf_counter()
+        steps = state.global_step - self._step
+        if steps <= 0 or "num_tokens" not in logs:
+            return control
+        seconds = now - self._t
+        rates = {"step_s": seconds / steps, "steps_timed": steps, "processes": args.world_size,
+                 "batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size}
+        if self._tokens is not None:  # num_tokens counts from the first step: the first entry's tokens are its own
+            rates["tokens_per_s"] = (logs["num_tokens"] - self._tokens) / seconds
+        else:
+            rates["tokens_per_s"] = logs["num_tokens"] / seconds
+        if "completions/mean_length" in logs and self.generate_s > 0:
+            generated = logs["completions/mean_length"] * rates["batch"] * steps
+            rates.update(generated_tokens=generated, generate_s=self.generate_s,
+                         generated_tokens_per_s=generated / self.generate_s)
+        if self._setup is not None:
+            rates["setup_s"], self._setup = self._setup, None
+        entry.update(rates)
+        self._t, self._step, self._tokens, self.generate_s = now, state.global_step, logs["num_tokens"], 0.0
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        entry = state.log_history[-1] if state.log_history else {}
+        if entry.get("step") == state.global_step and "step_s" in entry:
+            entry["save_s"] = now - self._t
+        self._t = now
+        return control
+
+
 def max_over_ranks(value: int) -> int:
     """The largest `value` of all ranks when torch.distributed is initialised (every rank must call), else `value`."""
     import torch
@@ -292,10 +358,13 @@ def build_trainer(spec: dict, base: str, data_file: str, state_dir: Path):
     if _is_main_process():
         log.info("run %s: %s", spec["name"], params.trainable_summary(model))
     dataset = Dataset.from_list(read_jsonl(data_file))
-    callbacks = [CheckpointSchedule(spec["checkpoint_steps"], state_dir / "exports"), StopOnSignal()]
+    throughput = Throughput()
+    callbacks = [CheckpointSchedule(spec["checkpoint_steps"], state_dir / "exports"), StopOnSignal(), throughput]
     if spec["method"] == "grpo":
-        return GRPOTrainer(model=model, reward_funcs=[rewards.accuracy_reward, rewards.format_reward], args=args,
-                           train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+        trainer = GRPOTrainer(model=model, reward_funcs=[rewards.accuracy_reward, rewards.format_reward], args=args,
+                              train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+        throughput.time_generation(trainer)
+        return trainer
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
 
 
