@@ -84,8 +84,8 @@ def test_sharded(models):
 
 def test_chunks_smaller_than_rows(models):
     root, base, ckpt = models
-    # 16- and 32-row tensors in chunks of 3 rows: several chunks and a ragged last one.
-    _check(relative_updates(root / "base", root / "ckpt", chunk_rows=3), base, ckpt)
+    # 16- and 32-column float32 rows in chunks of 200 bytes: several chunks a tensor, on two threads.
+    _check(relative_updates(root / "base", root / "ckpt", chunk_bytes=200, threads=2), base, ckpt)
 
 
 def test_excluded_tensors_are_not_needed(models, tmp_path):
@@ -167,7 +167,7 @@ def test_a_float32_base_is_compared_in_the_checkpoints_dtype(bf16_pair):
 
 def test_a_real_update_is_measured_against_the_rounded_base(bf16_pair):
     base_dir, out, base, trained = bf16_pair
-    df = relative_updates(base_dir, out / "trained", chunk_rows=5)
+    df = relative_updates(base_dir, out / "trained", chunk_bytes=5 * 32 * 2)
     for row in df.itertuples():
         name = _tensor_name(row.layer, row.module)
         b, c = base[name].to(torch.bfloat16).double(), trained[name].double()
