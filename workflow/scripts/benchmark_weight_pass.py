@@ -1,6 +1,14 @@
 """Cost of scalpel.analysis.weights at 7B: a bf16 pair (OLMo-2-1124-7B shapes, random weights, a known
 perturbation: every 3rd element of each projection moved one bf16 ulp) against a raw read of the same files.
 
+RESULTS 2026-12-07 (a 2-core "AMD EPYC" VM, the same RAM, disk and torch, load average 6-13 from other jobs; page
+cache dropped before every timing): one pass now gives the update table and diff's (diff no longer reads the
+pair), 24.1-26.4 CPU-s, 0.50-0.57 GiB peak RSS; at two threads 29.0 s wall, 1.12x the 25.9 s `dd iflag=direct`
+of the same run (load 7.5), and 30.1-47.7 s (1.26-2.0x) in other timings under load 7.6-10; the pass before it
+took 31.7-33.3 CPU-s here.
+diff's table equals its former float64 arithmetic (old_diff) to 9e-16 relative. SVD seconds per matrix at 1 and 2
+threads: README, "Cost of the weight analyses at 7B, measured".
+
 RESULTS (2026-12-01; a 2-core "Intel Xeon Processor" VM, AVX-512, 23.5 GiB RAM, ext4 on virtio, torch 2.13.0+cpu,
 shared with three other agents: load average 4-10 throughout, so wall times are the scheduler's as much as ours;
 CPU seconds are the steadier measure. Page cache dropped before every timing.)
@@ -44,7 +52,9 @@ the base and three finals), or a GPU job (cuSOLVER; not measured here). The stre
 
 Usage (not part of CI; writes 13.6 GiB per checkpoint under --root, deleted unless --keep):
     python workflow/scripts/benchmark_weight_pass.py --root /tmp/wbench7b --with-align    # full 32 layers
-    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wb1 --layers 1 --with-diff --spectral-pass 1
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wbench7b --with-diff --pass-threads 2 1
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/none --no-pair --spectral-threads 1 2
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wb1 --layers 1 --spectral-pass 1
     python workflow/scripts/benchmark_weight_pass.py --root /tmp/x --layers 1 --spectral-threads 1 --lowrank-error
     python workflow/scripts/benchmark_weight_pass.py --root /q --layers 1 --shrink 64 --with-diff --with-align --warm
 (the last, seconds: what tests/test_scripts.py runs, checking the values, not the times)

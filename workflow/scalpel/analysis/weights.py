@@ -192,8 +192,8 @@ class _UpdateStats:
             key = keys[at:at + b.numel()].view(b.shape)
             torch.bitwise_and(bb >> shift if shift else bb, 0x7FFF, out=key)
             base64 = ws.get("base64", b.shape, torch.float64).copy_(b)
-            delta64 = torch.sub(ws.get("new64", b.shape, torch.float64).copy_(c), base64, out=ws.get(
-                "new64", b.shape, torch.float64)).view(-1)
+            new64 = ws.get("new64", b.shape, torch.float64).copy_(c)
+            delta64 = torch.sub(new64, base64, out=new64).view(-1)
             self.delta_sq += float(torch.dot(delta64, delta64))
             if c.dtype not in _EXACT_CODES:
                 self.base_sq += float(torch.dot(base64.view(-1), base64.view(-1)))
