@@ -84,8 +84,8 @@ def test_sharded(models):
 
 def test_chunks_smaller_than_rows(models):
     root, base, ckpt = models
-    # 16- and 32-row tensors in chunks of 3 rows: several chunks and a ragged last one.
-    _check(relative_updates(root / "base", root / "ckpt", chunk_rows=3), base, ckpt)
+    # 16- and 32-column float32 rows in chunks of 200 bytes: several chunks a tensor, on two threads.
+    _check(relative_updates(root / "base", root / "ckpt", chunk_bytes=200, threads=2), base, ckpt)
 
 
 def test_excluded_tensors_are_not_needed(models, tmp_path):
@@ -167,7 +167,7 @@ def test_a_float32_base_is_compared_in_the_checkpoints_dtype(bf16_pair):
 
 def test_a_real_update_is_measured_against_the_rounded_base(bf16_pair):
     base_dir, out, base, trained = bf16_pair
-    df = relative_updates(base_dir, out / "trained", chunk_rows=5)
+    df = relative_updates(base_dir, out / "trained", chunk_bytes=5 * 32 * 2)
     for row in df.itertuples():
         name = _tensor_name(row.layer, row.module)
         b, c = base[name].to(torch.bfloat16).double(), trained[name].double()
@@ -200,3 +200,58 @@ def test_cli_takes_the_dtype_policy(bf16_pair, tmp_path):
     with pytest.raises(ValueError, match="F32 in base .* but BF16 in checkpoint"):
         cli.main(args + ["--out", str(tmp_path / "refused.parquet"), "--dtype-mismatch", "refuse"])
     assert not (tmp_path / "refused.parquet").exists()
+
+
+def _old_diff(base: torch.Tensor, ckpt: torch.Tensor, chunk_rows: int = 1024) -> tuple[float, float]:
+    """(delta_norm, base_norm) as diff.py computed them before it took the update pass's sums."""
+    delta_sq = base_sq = 0.0
+    for start in range(0, base.shape[0], chunk_rows):
+        b = base[start:start + chunk_rows].to(ckpt.dtype).double()
+        delta_sq += float((ckpt[start:start + chunk_rows].double() - b).square().sum())
+        base_sq += float(b.square().sum())
+    return delta_sq ** 0.5, base_sq ** 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_one_pass_equals_diffs_former_float64_arithmetic(tmp_path, dtype):
+    """Magnitudes over 60 binades (subnormal bf16 included), exact zeros, sign-flipped zeros and frozen elements, in
+    64-byte chunks on three threads: the pass's norms are diff's former ones but for the order of float64 sums."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = {"q_proj": (40, 24), "down_proj": (24, 56)}
+    base, ckpt = {}, {}
+    for module, shape in shapes.items():
+        scale = torch.exp2(torch.randint(-40 if dtype != torch.float16 else -20, 4, shape, generator=gen).float())
+        b = (torch.randn(shape, generator=gen) * scale).to(dtype)
+        b[0, :5] = 0.0
+        c = (b.float() * (1 + 0.01 * torch.randn(shape, generator=gen))).to(dtype)
+        c[1] = b[1]  # a frozen row
+        c[0, :3] = -b[0, :3]  # -0.0 for +0.0
+        base[_tensor_name(0, module)], ckpt[_tensor_name(0, module)] = b, c
+    (tmp_path / "base").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    save_file(base, tmp_path / "base" / "model.safetensors")
+    save_file(ckpt, tmp_path / "ckpt" / "model.safetensors")
+    df = relative_updates(tmp_path / "base", tmp_path / "ckpt", chunk_bytes=64, threads=3)
+    assert list(df.module) == ["q_proj", "down_proj"] and set(df.dtype) == {str(dtype).removeprefix("torch.")}
+    for row in df.itertuples():
+        name = _tensor_name(0, row.module)
+        delta_norm, base_norm = _old_diff(base[name], ckpt[name])
+        assert row.delta_norm == pytest.approx(delta_norm, rel=1e-14, abs=0)
+        assert row.base_norm == pytest.approx(base_norm, rel=1e-14, abs=0)
+        assert row.rel_update == pytest.approx(delta_norm / base_norm, rel=1e-14, abs=0)
+
+
+def test_diff_from_the_update_table_is_the_diff_of_the_folders(models, tmp_path):
+    """The workflow's diff (`diff --update` over `weights update`) writes the table `diff --base --checkpoint` does."""
+    root, base, ckpt = models
+    pair = ["--base", str(root / "base"), "--checkpoint", str(root / "ckpt_sharded"), "--run", "r", "--step", "3"]
+    cli.main(["weights", "update", *pair, "--out", str(tmp_path / "update.parquet")])
+    cli.main(["diff", "--update", str(tmp_path / "update.parquet"), "--out", str(tmp_path / "from_update.parquet")])
+    cli.main(["diff", *pair, "--out", str(tmp_path / "direct.parquet")])
+    ours = pd.read_parquet(tmp_path / "from_update.parquet")
+    pd.testing.assert_frame_equal(ours, pd.read_parquet(tmp_path / "direct.parquet"))
+    assert list(ours.columns) == ["run", "step", "layer", "module", "rel_update", "delta_norm", "base_norm", "dtype",
+                                 "reference_dtype"]
+    _check(ours.drop(columns=["run", "step"]), base, ckpt)
+    with pytest.raises(SystemExit):
+        cli.main(["diff", "--update", str(tmp_path / "update.parquet"), "--run", "r", "--out", str(tmp_path / "x")])

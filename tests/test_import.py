@@ -291,7 +291,7 @@ def test_a_run_with_another_runs_reference_is_compared_with_its_final_checkpoint
     proc = _dry_run(tmp_path, config, "-p", "results/diff/copied/step-1.parquet", "results/kl/copied/step-1.json",
                     "results/diff/grpo/step-2.parquet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    shells = [line for line in proc.stdout.splitlines() if "python -m scalpel diff" in line or "scalpel kl" in line]
+    shells = [line for line in proc.stdout.splitlines() if "scalpel weights update" in line or "scalpel kl" in line]
     assert len(shells) == 3
     for line in shells:
         against = "results/references/grpo" if "--run copied" in line else "results/models/base"

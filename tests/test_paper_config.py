@@ -290,8 +290,11 @@ def test_paper_dag_has_every_run_checkpoint_and_benchmark(paper_dag):
 
 
 def test_paper_dag_diffs_compare_in_the_checkpoints_dtype(paper_dag):
+    """diff takes the update pass's sums: each pair is read once, by weights_update, in the checkpoint's dtype."""
     diffs = [j["shell"] for j in paper_dag if j["rule"] == "diff"]
-    assert len(diffs) == 6 * 20 and all(" --dtype-mismatch cast " in s for s in diffs)
+    updates = [j["shell"] for j in paper_dag if j["rule"] == "weights_update"]
+    assert len(diffs) == len(updates) == 6 * 20 and all(" --dtype-mismatch cast " in s for s in updates)
+    assert all(" diff --update results/weights/update/" in s and "--checkpoint" not in s for s in diffs)
 
 
 def test_paper_dag_weight_analyses(paper_dag):
@@ -354,15 +357,16 @@ def test_sbatch_lines_of_the_paper_dag(paper_dag):
     assert "--gpus=8" in lines["train_sft"] and "--cpus-per-gpu=8" in lines["train_sft"]
     assert "--signal=TERM@900" in lines["train_grpo"]
     assert lines["evaluate"].endswith("--cpus-per-gpu=8 --gpus=1") and "--gpus=1" in lines["kl"]
-    assert "-p 'cpu'" in lines["diff"] and "gpu" not in lines["diff"]
+    assert "-p 'cpu'" in lines["weights_update"] and "gpu" not in lines["weights_update"]
     assert lines["data"].endswith("--cpus-per-task=16")  # the profile's threads reach Slurm, not capped locally
     trains = [j["shell"] for j in paper_dag if j["rule"].startswith("train_")]
     assert all(s.startswith("OMP_NUM_THREADS=8 accelerate launch") for s in trains)  # 64 threads / 8 processes
-    assert lines["weights_spectral"] == "-A 'acct' -p 'cpu' -t 360 --mem 8000 --ntasks=1 --cpus-per-task=16"
-    assert lines["weights_update"] == "-A 'acct' -p 'cpu' -t 30 --mem 2000 --ntasks=1 --cpus-per-task=2"
+    assert lines["weights_spectral"] == "-A 'acct' -p 'cpu' -t 480 --mem 8000 --ntasks=1 --cpus-per-task=1"
+    assert lines["weights_update"] == "-A 'acct' -p 'cpu' -t 20 --mem 1500 --ntasks=1 --cpus-per-task=2"
     assert {j["rule"] for j in paper_dag if j["local"]} == {"run_spec", "launch_files", "prefetch", "analysis_spec",
-                                                              "tables", "plots", "weight_tables", "weight_plots",
-                                                              "forgetting", "findings", "throughput", "reference_check"}
+                                                              "diff", "tables", "plots", "weight_tables",
+                                                              "weight_plots", "forgetting", "findings", "throughput",
+                                                              "reference_check"}
 
 
 def test_vllm_server_mode_gives_one_gpu_to_vllm_as_the_authors_ran(tmp_path):

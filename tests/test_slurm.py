@@ -109,7 +109,7 @@ def test_every_rule_job_is_a_slurm_job_with_its_profile_resources(study):
     jobs = [job for job in sacct("-X", "--starttime", started) if job["WorkDir"] == str(workdir)]
     rules = Counter(job["Comment"].removeprefix("rule_").split("_wildcards_")[0] for job in jobs)
     assert rules == Counter({rule: n for rule, n in job_counts(out).items() if rule not in local})
-    assert {"train_grpo", "train_sft", "evaluate", "data", "diff"} <= set(rules)
+    assert {"train_grpo", "train_sft", "evaluate", "data", "weights_update"} <= set(rules)
     for job in jobs:
         rule = job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
         want = expected_resources(rule)

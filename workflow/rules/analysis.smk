@@ -2,24 +2,19 @@
 # runs.<name>.reference names another run (envs/analysis.yaml).
 
 
+# The paper's relative update, from the sums of the update pass below (scalpel.analysis.diff): the pair is read once.
 rule diff:
     input:
-        base=get_reference_dir,
-        model=get_model_dir,
+        "results/weights/update/{run}/step-{step}.parquet",
     output:
         "results/diff/{run}/step-{step}.parquet",
     log:
         "logs/diff/{run}/step-{step}.log",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
-    threads: 1
-    params:
-        checkpoint=get_checkpoint_path,
-        dtype_mismatch=MISMATCH_ARGS,
     shell:
-        "OMP_NUM_THREADS={threads} python -m scalpel diff --base {input.base:q} --checkpoint {params.checkpoint:q}"
-        " --dtype-mismatch {params.dtype_mismatch:q} --run {wildcards.run} --step {wildcards.step} --out {output:q}"
-        " > {log:q} 2>&1"
+        "python -m scalpel diff --update {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule kl:
@@ -44,8 +39,8 @@ rule kl:
         " {params.limit:q} --out {output:q} > {log:q} 2>&1"
 
 
-# scalpel.analysis.weights: the update pass reads both folders once, streamed (0.5 GiB peak RSS at 7B); the spectral pass
-# decomposes the base once for all of a run's checkpoints it covers (config weights.spectral).
+# scalpel.analysis.weights: the update pass reads both folders once, streamed, on the job's threads (diff takes its
+# sums); the spectral pass decomposes the base once for all of a run's checkpoints it covers (config weights.spectral).
 rule weights_update:
     input:
         base=get_reference_dir,

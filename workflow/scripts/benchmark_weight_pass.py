@@ -1,6 +1,14 @@
 """Cost of scalpel.analysis.weights at 7B: a bf16 pair (OLMo-2-1124-7B shapes, random weights, a known
 perturbation: every 3rd element of each projection moved one bf16 ulp) against a raw read of the same files.
 
+RESULTS 2026-12-07 (a 2-core "AMD EPYC" VM, the same RAM, disk and torch, load average 6-13 from other jobs; page
+cache dropped before every timing): one pass now gives the update table and diff's (diff no longer reads the
+pair), 24.1-26.4 CPU-s, 0.50-0.57 GiB peak RSS; at two threads 29.0 s wall, 1.12x the 25.9 s `dd iflag=direct`
+of the same run (load 7.5), and 30.1-47.7 s (1.26-2.0x) in other timings under load 7.6-10; the pass before it
+took 31.7-33.3 CPU-s here.
+diff's table equals its former float64 arithmetic (old_diff) to 9e-16 relative. SVD seconds per matrix at 1 and 2
+threads: README, "Cost of the weight analyses at 7B, measured".
+
 RESULTS (2026-12-01; a 2-core "Intel Xeon Processor" VM, AVX-512, 23.5 GiB RAM, ext4 on virtio, torch 2.13.0+cpu,
 shared with three other agents: load average 4-10 throughout, so wall times are the scheduler's as much as ours;
 CPU seconds are the steadier measure. Page cache dropped before every timing.)
@@ -44,7 +52,9 @@ the base and three finals), or a GPU job (cuSOLVER; not measured here). The stre
 
 Usage (not part of CI; writes 13.6 GiB per checkpoint under --root, deleted unless --keep):
     python workflow/scripts/benchmark_weight_pass.py --root /tmp/wbench7b --with-align    # full 32 layers
-    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wb1 --layers 1 --with-diff --spectral-pass 1
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wbench7b --with-diff --pass-threads 2 1
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/none --no-pair --spectral-threads 1 2
+    python workflow/scripts/benchmark_weight_pass.py --root /tmp/wb1 --layers 1 --spectral-pass 1
     python workflow/scripts/benchmark_weight_pass.py --root /tmp/x --layers 1 --spectral-threads 1 --lowrank-error
     python workflow/scripts/benchmark_weight_pass.py --root /q --layers 1 --shrink 64 --with-diff --with-align --warm
 (the last, seconds: what tests/test_scripts.py runs, checking the values, not the times)
@@ -62,6 +72,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -171,12 +182,75 @@ def raw_read(folders: list[Path], direct: bool = False) -> dict:
             "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
 
 
+def old_diff(base_dir, ckpt_dir, chunk_rows: int = 1024):
+    """The relative updates as scalpel.analysis.diff computed them until it took the update pass's sums: per
+    1024-row chunk, the base rounded to the checkpoint's dtype, both in float64, sum of squares; here read with
+    ChunkReader, a matrix at a time, instead of mapped with safe_open. The reference the pass's table must equal."""
+    import pandas as pd
+    from scalpel.analysis.tensor_stream import ChunkReader
+    from scalpel.analysis.weights import _matrices
+
+    rows = []
+    with ChunkReader(streams=1) as reader:
+        for layer, module, (b_entry, c_entry) in _matrices([base_dir, ckpt_dir], ["base", "checkpoint"], "cast"):
+            base, ckpt, dtype = reader.read(b_entry), reader.read(c_entry), c_entry.torch_dtype
+            delta_sq = base_sq = 0.0
+            for start in range(0, base.shape[0], chunk_rows):
+                b = base[start:start + chunk_rows].to(dtype).to(torch.float64)
+                d = ckpt[start:start + chunk_rows].to(torch.float64).sub_(b)
+                delta_sq += float(d.square_().sum())
+                base_sq += float(b.square_().sum())
+            delta_norm, base_norm = delta_sq ** 0.5, base_sq ** 0.5
+            rows.append({"layer": layer, "module": module, "rel_update": delta_norm / base_norm if base_norm
+                         else float("nan"), "delta_norm": delta_norm, "base_norm": base_norm,
+                         "dtype": str(dtype).removeprefix("torch."),
+                         "reference_dtype": str(b_entry.torch_dtype).removeprefix("torch.")})
+    return pd.DataFrame(rows)
+
+
+def norm_arithmetic(rows: int = 1024, cols: int = 4096, reps: int = 5) -> dict:
+    """CPU ns per element pair of ||new - base||^2 on a bf16 chunk, one thread, in the pass's 128K-element slices:
+    float32 (row norms, summed in float64: the update pass until now) against float64 (the pass now, exact terms),
+    and each one's relative error against the exact sum."""
+    from scalpel.analysis.weights import SUBCHUNK_ELEMENTS
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    base = (0.02 * torch.randn(rows, cols, generator=gen)).to(torch.bfloat16)
+    new = (base.float() + 1e-4 * torch.randn(rows, cols, generator=gen)).to(torch.bfloat16)
+    exact = float((new.double() - base.double()).square().sum())
+    step = max(1, SUBCHUNK_ELEMENTS // cols)
+    slices = [(base[i:i + step], new[i:i + step]) for i in range(0, rows, step)]
+    bufs = {dt: (torch.empty(step, cols, dtype=dt), torch.empty(step, cols, dtype=dt))
+            for dt in (torch.float32, torch.float64)}
+
+    def f32(b, c):
+        x, y = bufs[torch.float32]
+        d = torch.sub(y[:len(b)].copy_(c), x[:len(b)].copy_(b), out=y[:len(b)])
+        return float(torch.linalg.vector_norm(d, dim=1).double().square().sum())
+
+    def f64(b, c):
+        x, y = bufs[torch.float64]
+        d = torch.sub(y[:len(b)].copy_(c), x[:len(b)].copy_(b), out=y[:len(b)]).view(-1)
+        return float(torch.dot(d, d))
+
+    out = {}
+    for label, fn in (("float32", f32), ("float64", f64)):
+        total = sum(fn(b, c) for b, c in slices)
+        c0 = time.process_time()
+        for _ in range(reps):
+            for b, c in slices:
+                fn(b, c)
+        out[label] = {"ns_per_pair": 1e9 * (time.process_time() - c0) / reps / base.numel(),
+                      "rel_error": abs(total - exact) / exact}
+    return out
+
+
 CHILD = """
 import json, os, resource, sys, time
 sys.path.insert(0, {workflow!r})
 import torch
 from scalpel.analysis import weights
-from scalpel.analysis import diff
 if {threads}:
     torch.set_num_threads({threads})
 load = os.getloadavg()[0]
@@ -186,20 +260,22 @@ seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 status = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith(("VmHWM", "RssFile", "RssAnon")))
 print(json.dumps({{"wall_s": seconds, "cpu_s": cpu, "load_before": load,
                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-                  "status_at_end": {{k: v.strip() for k, v in status.items()}}, "table": df.to_json()}}))
+                  "status_at_end": {{k: v.strip() for k, v in status.items()}}}}))
+df.to_pickle({table!r})
 """
 
 
 def timed_child(call: str, threads: int = 0) -> dict:
     """Run `call` (a scalpel expression) in a fresh Python: wall and CPU seconds of the call, peak RSS of the
     process (ru_maxrss: anonymous and file-backed pages, what a memory-mapped read inflates), the result table."""
-    code = CHILD.format(workflow=str(ROOT / "workflow"), call=call, threads=threads)
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    from io import StringIO
-
     import pandas as pd
-    result["table"] = pd.read_json(StringIO(result["table"]))
+
+    with tempfile.TemporaryDirectory() as scratch:  # pickled: JSON would round the floats
+        table = Path(scratch) / "table.pkl"
+        code = CHILD.format(workflow=str(ROOT / "workflow"), call=call, threads=threads, table=str(table))
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        result["table"] = pd.read_pickle(table)
     return result
 
 
@@ -254,12 +330,74 @@ def lowrank_error(m: int = 1024, n: int = 2752, seed: int = 0) -> list[dict]:
     return out
 
 
+def time_pair(args, report: dict, log) -> None:
+    """Write the pair (and a second checkpoint with --with-align), time the raw reads and the passes, check values."""
+    base, ckpt, other = args.root / "base", args.root / "ckpt_a", args.root / "ckpt_b"
+    folders = [(base, None), (ckpt, args.stride)] + ([(other, 2 * args.stride)] if args.with_align else [])
+    try:
+        t0 = time.perf_counter()
+        for folder, stride in folders:
+            if not (folder / "model.safetensors.index.json").exists():
+                write_model(folder, args.layers, stride, shrink=args.shrink)
+        log("build_s", time.perf_counter() - t0)
+        log("gib", {f.name: sum(p.stat().st_size for p in f.glob("*.safetensors")) / 2 ** 30 for f, _ in folders})
+        log("cache_dropped", drop_caches())
+        for direct in (False, True):
+            drop_caches()
+            log(f"raw_read_2{'_direct' if direct else ''}", raw_read([base, ckpt], direct))
+        for threads in args.pass_threads:
+            drop_caches()
+            res = timed_child(f"weights.update_metrics({str(base)!r}, {str(ckpt)!r})", threads)
+            df = res.pop("table")
+            res["vs_raw_read"] = res["wall_s"] / report["raw_read_2"]["wall_s"]
+            res["vs_raw_read_direct"] = res["wall_s"] / report["raw_read_2_direct"]["wall_s"]
+            log(f"update_metrics_threads_{threads or torch.get_num_threads()}", res)
+        known = {m: 1 - updated_positions(math.prod(s), args.stride) / math.prod(s)
+                 for m, s in module_shapes(args.shrink).items()}
+        log("update_unchanged_max_error", max(abs(r.unchanged_bitwise - known[r.module]) for r in df.itertuples()))
+        log("update_overlap_top_range", [df.overlap_top.min(), df.overlap_top.max()])
+        if args.with_diff:
+            from scalpel.analysis.diff import diff_table
+
+            ours, theirs = diff_table(df), old_diff(base, ckpt)
+            log("diff_max_rel_difference_to_old_diff",
+                {c: float(((ours[c] - theirs[c]).abs() / theirs[c]).max())
+                 for c in ("rel_update", "delta_norm", "base_norm")})
+            log("diff_columns_equal", list(ours.columns) == list(theirs.columns))
+        if args.with_align:
+            for direct in (False, True):
+                drop_caches()
+                log(f"raw_read_3{'_direct' if direct else ''}", raw_read([base, ckpt, other], direct))
+            drop_caches()
+            res = timed_child(f"weights.run_alignment({str(base)!r}, {str(ckpt)!r}, {str(other)!r})")
+            al = res.pop("table")
+            log("run_alignment", res)
+            # B moves every 2s-th element, A every s-th: B's mask is half of A's (up to the ragged ends)
+            log("align_jaccard_range", [al.jaccard.min(), al.jaccard.max()])
+        if args.spectral_pass:
+            res = timed_child(f"weights.spectral_metrics({str(base)!r}, {{'a': {str(ckpt)!r}}})", args.spectral_pass)
+            sp = res.pop("table")
+            res["matrices"] = len(sp)
+            res["cpu_s_per_matrix_incl_base_svd"] = res["cpu_s"] / len(sp)
+            log("spectral_metrics", res)
+            log("spectral_nss_range", [sp.nss.min(), sp.nss.max()])
+    finally:
+        if not args.keep:
+            for folder, _ in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, required=True, help="scratch folder (outside the repository)")
     ap.add_argument("--layers", type=int, default=LAYERS)
     ap.add_argument("--stride", type=int, default=3, help="checkpoint A updates every stride-th element")
-    ap.add_argument("--with-diff", action="store_true", help="also time scalpel.analysis.diff.relative_updates (mmap)")
+    ap.add_argument("--with-diff", action="store_true",
+                    help="check the pass's diff table against diff's former float64 arithmetic (old_diff)")
+    ap.add_argument("--pass-threads", type=int, nargs="+", default=[0],
+                    help="time the update pass with these compute threads (0: torch's default)")
+    ap.add_argument("--no-pair", action="store_true", help="write and time no pair (for --spectral-threads alone)")
+    ap.add_argument("--norm-arithmetic", action="store_true", help="float32 against float64 squared norms")
     ap.add_argument("--with-align", action="store_true", help="write a second checkpoint and time run_alignment")
     ap.add_argument("--spectral-threads", type=int, nargs="*", default=[], help="time the SVDs with these threads")
     ap.add_argument("--spectral-pass", type=int, default=0, metavar="THREADS",
@@ -284,57 +422,12 @@ def main(argv=None) -> None:
         report[key] = value
         print(json.dumps({key: value}, default=str), flush=True)
 
-    base, ckpt, other = args.root / "base", args.root / "ckpt_a", args.root / "ckpt_b"
-    folders = [(base, None), (ckpt, args.stride)] + ([(other, 2 * args.stride)] if args.with_align else [])
-    try:
-        t0 = time.perf_counter()
-        for folder, stride in folders:
-            if not (folder / "model.safetensors.index.json").exists():
-                write_model(folder, args.layers, stride, shrink=args.shrink)
-        log("build_s", time.perf_counter() - t0)
-        log("gib", {f.name: sum(p.stat().st_size for p in f.glob("*.safetensors")) / 2 ** 30 for f, _ in folders})
-        log("cache_dropped", drop_caches())
-        for direct in (False, True):
-            drop_caches()
-            log(f"raw_read_2{'_direct' if direct else ''}", raw_read([base, ckpt], direct))
-        drop_caches()
-        res = timed_child(f"weights.update_metrics({str(base)!r}, {str(ckpt)!r})")
-        df = res.pop("table")
-        log("update_metrics", res)
-        known = {m: 1 - updated_positions(math.prod(s), args.stride) / math.prod(s)
-                 for m, s in module_shapes(args.shrink).items()}
-        log("update_unchanged_max_error", max(abs(r.unchanged_bitwise - known[r.module]) for r in df.itertuples()))
-        log("update_overlap_top_range", [df.overlap_top.min(), df.overlap_top.max()])
-        if args.with_diff:
-            drop_caches()
-            res = timed_child(f"diff.relative_updates({str(base)!r}, {str(ckpt)!r})")
-            diff_df = res.pop("table")
-            log("diff_relative_updates", res)
-            log("rel_update_max_rel_difference_to_diff",
-                float(((diff_df.rel_update - df.rel_update).abs() / diff_df.rel_update).max()))
-        if args.with_align:
-            for direct in (False, True):
-                drop_caches()
-                log(f"raw_read_3{'_direct' if direct else ''}", raw_read([base, ckpt, other], direct))
-            drop_caches()
-            res = timed_child(f"weights.run_alignment({str(base)!r}, {str(ckpt)!r}, {str(other)!r})")
-            al = res.pop("table")
-            log("run_alignment", res)
-            # B moves every 2s-th element, A every s-th: B's mask is half of A's (up to the ragged ends)
-            log("align_jaccard_range", [al.jaccard.min(), al.jaccard.max()])
-        if args.spectral_pass:
-            res = timed_child(f"weights.spectral_metrics({str(base)!r}, {{'a': {str(ckpt)!r}}})", args.spectral_pass)
-            sp = res.pop("table")
-            res["matrices"] = len(sp)
-            res["cpu_s_per_matrix_incl_base_svd"] = res["cpu_s"] / len(sp)
-            log("spectral_metrics", res)
-            log("spectral_nss_range", [sp.nss.min(), sp.nss.max()])
-    finally:
-        if not args.keep:
-            for folder, _ in folders:
-                shutil.rmtree(folder, ignore_errors=True)
+    if not args.no_pair:
+        time_pair(args, report, log)
     for threads in args.spectral_threads:
         report.setdefault("spectral", []).extend(spectral_timings(threads))
+    if args.norm_arithmetic:
+        log("norm_arithmetic", norm_arithmetic())
     if args.lowrank_error:
         report["lowrank_error"] = lowrank_error()
     if args.out:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+DTYPE_POLICIES = ("cast", "refuse")  # config diff.dtype_mismatch
+TENSOR_POLICIES = ("refuse", "shared")  # config diff.tensor_mismatch
+HINT = " (diff.tensor_mismatch: shared analyses the matrices both have)"
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _TENSOR = re.compile(r"model\.layers\.(\d+)\.(?:self_attn\.([qkvo]_proj)|mlp\.(gate_proj|up_proj|down_proj))\.weight")
 

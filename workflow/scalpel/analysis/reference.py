@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scalpel.analysis.diff import TENSOR_POLICIES
+from scalpel.analysis.matrices import TENSOR_POLICIES
 from scalpel.analysis.tensor_stream import DTYPES, model_tensors
 
 log = logging.getLogger(__name__)

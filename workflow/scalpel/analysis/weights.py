@@ -12,7 +12,8 @@ paper's metric (diff.py's name pattern); embeddings, lm_head and norms are never
   (smallest) |W_base| of the matrix, beside its random baseline `overlap_random` = alpha. Magnitudes are ranked by
   their 15 bits after the sign: exact in bf16 and fp16, bf16-truncated for float32; elements tied at the threshold
   count in proportion (the expectation under random tie-breaking), so the reference set is exactly alpha * n;
-- `rel_update` ||dW||_F / ||W||_F, as diff.py computes it (float32 row sums accumulated in float64).
+- `rel_update` ||dW||_F / ||W||_F from `delta_sq` and `base_sq`, float64 sums of exact terms: diff.py's table
+  (the paper's metric) is made from them, so the workflow reads each pair once.
 The base is compared in the checkpoint's dtype, as in diff.py (`dtype_mismatch` "cast" or "refuse").
 
 `run_alignment(base, run_a, run_b)`: one streamed pass over three folders: `cosine` of vec(dW_a) and vec(dW_b),
@@ -42,7 +43,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from scalpel.analysis.diff import DTYPE_POLICIES, HINT, MODULES, TENSOR_POLICIES, layer_module
+from scalpel.analysis.matrices import DTYPE_POLICIES, HINT, MODULES, TENSOR_POLICIES, layer_module
 from scalpel.analysis.tensor_stream import DEFAULT_CHUNK_BYTES, ChunkReader, TensorEntry, model_tensors
 from scalpel.io import check_safetensors, write_parquet
 
@@ -50,12 +51,13 @@ RTOL = 1e-3
 ALPHA = 0.3
 KS = (16, 64)
 SVD_METHODS = ("full", "lowrank")
-SUBCHUNK_ELEMENTS = 1 << 17  # the arithmetic runs on slices this big, so that they stay in cache
+SUBCHUNK_ELEMENTS = 1 << 18  # slices for the arithmetic: near the caches, few torch calls (2^17: 10% more CPU)
 _FLOATS = {"F64", "F32", "BF16", "F16"}
 _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
          torch.float64: torch.int64}
 _BINS = 1 << 15  # one per magnitude code: the 15 bits after the sign (of the top 16 for float32 and float64)
 _NONFINITE = {torch.bfloat16: 0x7F80, torch.float32: 0x7F80, torch.float16: 0x7C00, torch.float64: 0x7FF0}
+_EXACT_CODES = (torch.bfloat16, torch.float16)  # dtypes whose magnitude code is the whole magnitude
 
 
 # ---- matching the folders' tensors -------------------------------------------------------------------------------
@@ -66,9 +68,9 @@ def _matrices(dirs: Sequence, labels: Sequence[str], dtype_mismatch: str,
     layer, MODULES order; a tensor missing or misshapen anywhere raises ValueError naming it, or is left out when
     `tensor_mismatch` is "shared"; so does one of a refused dtype."""
     if dtype_mismatch not in DTYPE_POLICIES:
-        raise ValueError(f"dtype_mismatch: {dtype_mismatch!r} is not one of {DTYPE_POLICIES}")
+        raise ValueError(f"diff.dtype_mismatch: {dtype_mismatch!r} is not one of {DTYPE_POLICIES}")
     if tensor_mismatch not in TENSOR_POLICIES:
-        raise ValueError(f"tensor_mismatch: {tensor_mismatch!r} is not one of {TENSOR_POLICIES}")
+        raise ValueError(f"diff.tensor_mismatch: {tensor_mismatch!r} is not one of {TENSOR_POLICIES}")
     shared = tensor_mismatch == "shared"
     tables = [model_tensors(d) for d in dirs]
     base, base_src = tables[0]
@@ -98,7 +100,8 @@ def _matrices(dirs: Sequence, labels: Sequence[str], dtype_mismatch: str,
                                      "weight")
             if e.dtype != b.dtype and dtype_mismatch == "refuse":
                 raise ValueError(f"{name}: {b.dtype} in base ({b.file}) but {e.dtype} in {label} ({e.file}); "
-                                 "dtype_mismatch is refuse (cast compares the base rounded to the checkpoint's dtype)")
+                                 "diff.dtype_mismatch is refuse (cast compares the base rounded to the checkpoint's "
+                                 "dtype)")
             group.append(e)
         out.append((layer, module, group))
     return out
@@ -171,69 +174,79 @@ def _bits_decide(dtype: torch.dtype, rtol: float) -> bool:
 
 
 class _UpdateStats:
-    """Sums over a matrix (or part of one) for update_metrics, and two histograms over the base's magnitude codes:
-    of all elements, and of the updated ones. In the second, elements not updated go to codes that no finite value
-    has (infinities and NaNs), spread there by their low bits (one hot bin would serialise the counting); those
-    bins are dropped, and a base with non-finite weights refused."""
+    """Sums over a matrix (or part of one) for update_metrics, and one histogram of a 16-bit key per element: its
+    base magnitude code (15 bits) plus 2^15 if it was updated; the low half plus the high half is the histogram of
+    all elements, the high half that of the updated ones.
+
+    The squared norms are float64 sums of exact float64 terms, as diff.py computed them before it read through this
+    pass (float32 squares drift in the 7th digit). A bf16 or fp16 base's squared norm comes from the histogram, whose
+    codes are its exact magnitudes: no pass over the base for it."""
 
     def __init__(self, dtype: torch.dtype, rtol: float):
         self.dtype, self.rtol = dtype, rtol
         self.n_differ = 0
         self.delta_sq = self.base_sq = 0.0
-        self.hist_all = torch.zeros(_BINS, dtype=torch.int64)
-        self.hist_updated = torch.zeros(_BINS, dtype=torch.int64)
+        self.hist = torch.zeros(2 * _BINS, dtype=torch.int64)
 
     def add(self, ws: _Workspace, base: torch.Tensor, new: torch.Tensor) -> None:
         bits, shift = _BITS[new.dtype], 8 * new.dtype.itemsize - 16
         by_bits = _bits_decide(new.dtype, self.rtol)
-        codes = ws.get("codes", (base.numel(),), torch.int16)
-        spread = ws.get("spread", (base.numel(),), torch.int16)
+        keys = ws.get("keys", (base.numel(),), torch.int32)
         at = 0
         for b, c in _slices(base, new):
             b = b.to(c.dtype)
             bb, nb = b.view(bits), c.view(bits)
-            n = b.numel()
-            differ = torch.ne(bb, nb, out=ws.get("differ", b.shape, torch.bool))
-            base_f = _as_float(ws, "base", b)
-            delta = _delta(ws, "new", base_f, c)
-            self.base_sq += _sum_sq(base_f)
-            self.delta_sq += _sum_sq(delta)
-            code = codes[at:at + n].view(b.shape)
-            if shift:
-                code.copy_((bb >> shift) & 0x7FFF)
+            key = keys[at:at + b.numel()].view(b.shape)
+            torch.bitwise_and(bb >> shift if shift else bb, 0x7FFF, out=key)
+            base64 = ws.get("base64", b.shape, torch.float64).copy_(b)
+            new64 = ws.get("new64", b.shape, torch.float64).copy_(c)
+            delta64 = torch.sub(new64, base64, out=new64).view(-1)
+            self.delta_sq += float(torch.dot(delta64, delta64))
+            if c.dtype not in _EXACT_CODES:
+                self.base_sq += float(torch.dot(base64.view(-1), base64.view(-1)))
+            if by_bits:  # updated: the stored bits differ (an int16 0/1 is cheaper than a bool); zeros' sign below
+                updated = torch.bitwise_xor(bb, nb, out=ws.get("xor", b.shape, bits)).ne_(0)
             else:
-                torch.bitwise_and(bb, 0x7FFF, out=code)
-            if by_bits:
-                updated = differ  # +0 <-> -0 moved back below
-            else:
-                self.n_differ += int(torch.count_nonzero(differ))
-                updated = _updated(delta, base_f, c, self.rtol, out=ws.get("updated", b.shape, torch.bool))
-            spread_slice = torch.bitwise_or(code, _NONFINITE[c.dtype], out=spread[at:at + n].view(b.shape))
-            torch.where(updated, code, spread_slice, out=spread_slice)
-            at += n
-        self.hist_all += torch.bincount(codes, minlength=_BINS)
-        block = torch.bincount(spread, minlength=_BINS)
-        block[_NONFINITE[new.dtype]:] = 0
+                self.n_differ += int(torch.count_nonzero(torch.ne(bb, nb, out=ws.get("differ", b.shape,
+                                                                                      torch.bool))))
+                base_f = _as_float(ws, "base", b)
+                updated = _updated(_delta(ws, "new", base_f, c), base_f, c, self.rtol,
+                                   out=ws.get("updated", b.shape, torch.bool))
+            key.add_(updated, alpha=_BINS)
+            at += b.numel()
+        block = torch.bincount(keys, minlength=2 * _BINS)
         if by_bits:
-            self.n_differ += int(block.sum())
-            if block[0]:  # updated zeros: move sign-only flips (+0 <-> -0) back to not updated
-                block[0] -= sum(int(torch.count_nonzero(((b.view(bits) ^ c.view(bits)) == -0x8000)
-                                                        & ((b.view(bits) & 0x7FFF) == 0)))
-                                for b, c in _slices(base.to(new.dtype), new))
-        self.hist_updated += block
+            self.n_differ += int(block[_BINS:].sum())
+            if block[_BINS]:  # a zero whose sign alone flipped is not updated
+                flips = sum(int(torch.count_nonzero(((b.view(bits) ^ c.view(bits)) == -0x8000)
+                                                    & ((b.view(bits) & 0x7FFF) == 0)))
+                            for b, c in _slices(base.to(new.dtype), new))
+                block[_BINS] -= flips
+                block[0] += flips
+        self.hist += block
 
     def merge(self, other: "_UpdateStats") -> None:
         self.n_differ += other.n_differ
         self.delta_sq += other.delta_sq
         self.base_sq += other.base_sq
-        self.hist_all += other.hist_all
-        self.hist_updated += other.hist_updated
+        self.hist += other.hist
 
     def nonfinite(self) -> int:
-        return int(self.hist_all[_NONFINITE[self.dtype]:].sum())
+        hist = self.hist[:_BINS] + self.hist[_BINS:]
+        return int(hist[_NONFINITE[self.dtype]:_BINS].sum())
+
+    def squared_norms(self) -> tuple[float, float]:
+        """(||dW||^2, ||W||^2)."""
+        if self.dtype not in _EXACT_CODES:
+            return self.delta_sq, self.base_sq
+        finite = _NONFINITE[self.dtype]
+        magnitudes = torch.arange(finite, dtype=torch.int16).view(self.dtype).double()
+        counts = (self.hist[:finite] + self.hist[_BINS:_BINS + finite]).double()
+        return self.delta_sq, float((counts * magnitudes.square()).sum())
 
     def row(self, alpha: float) -> dict:
-        hist_all, hist_updated = self.hist_all, self.hist_updated
+        hist_all, hist_updated = self.hist[:_BINS] + self.hist[_BINS:], self.hist[_BINS:]
+        delta_sq, base_sq = self.squared_norms()
         n = int(hist_all.sum())
         n_updated = int(hist_updated.sum())
         top = _reference_hits(hist_all, hist_updated, alpha, largest=True)
@@ -245,9 +258,9 @@ class _UpdateStats:
                 "overlap_top": top / n_updated if n_updated else nan,
                 "overlap_bottom": bottom / n_updated if n_updated else nan,
                 "overlap_random": alpha,
-                "rel_update": math.sqrt(self.delta_sq / self.base_sq) if self.base_sq else nan,
+                "rel_update": math.sqrt(delta_sq / base_sq) if base_sq else nan,
                 "n_equal": n - self.n_differ, "n_updated": n_updated, "top_hits": top, "bottom_hits": bottom,
-                "delta_sq": self.delta_sq, "base_sq": self.base_sq}
+                "delta_sq": delta_sq, "base_sq": base_sq}
 
 
 class _AlignStats:
@@ -355,8 +368,9 @@ def update_metrics(base_dir, ckpt_dir, *, alpha: float = ALPHA, rtol: float = RT
     for s, group in zip(stats, groups):
         if s.nonfinite():
             raise ValueError(f"{group[0].name}: {s.nonfinite()} infinite or NaN weights in base ({group[0].file})")
-    return pd.DataFrame([{"layer": layer, "module": module, **s.row(alpha)}
-                         for (layer, module, _), s in zip(matrices, stats)])
+    return pd.DataFrame([{"layer": layer, "module": module, **s.row(alpha),
+                          "reference_dtype": str(group[0].torch_dtype).removeprefix("torch.")}
+                         for (layer, module, group), s in zip(matrices, stats)])
 
 
 def run_alignment(base_dir, run_a_dir, run_b_dir, *, base_b_dir=None, rtol: float = RTOL,
