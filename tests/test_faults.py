@@ -186,6 +186,7 @@ def test_a_full_disk_while_saving_fails_clearly_and_the_rerun_resumes(study):
 def test_a_diff_killed_while_writing_its_table_leaves_none_and_reruns_alone(study):
     target = "results/diff/straight/step-2.parquet"
     out = study / target
+    ok(study, "results/weights/update/straight/step-2.parquet")  # diff's input, a file of the same name: made first
     killed(study, target, f"kill:write:{out.name}")
     assert not out.exists()
     assert planned(study, target) == {"diff": 1, "total": 1}

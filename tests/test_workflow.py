@@ -270,11 +270,17 @@ def test_report_builds_without_docutils_errors_and_opens_on_the_findings(study):
     assert not [line for line in (proc.stdout + proc.stderr).splitlines() if "(ERROR/" in line or "(WARNING/" in line]
     report = (study / "report.html").read_text()
     assert "What the study found" in report and "findings.html" in report
+    from scalpel.report.findings import interval
+
     page = (study / "results/report/findings.html").read_text()
     summary = table(study, "summary.tsv").set_index("run")
     sft = summary.loc["sft"]
     assert f"{sft.out_of_domain_delta:+.3f} [{sft.out_of_domain_delta_low:+.3f}, " in page
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4  # differences, scores, update heatmaps, forgetting (no sweep)
+    forgetting = table(study, "forgetting.tsv").set_index("predictor")
+    kl = forgetting.loc["kl_per_token"]
+    assert "What predicts forgetting" in page and interval(kl.r2, kl.r2_low, kl.r2_high).lstrip("+") in page
+    assert "<b>inconclusive</b>" in page  # the smoke study has fewer than 20 checkpoints
 
 
 def test_throughput_of_the_smoke_study_and_its_projection(study):
