@@ -57,6 +57,49 @@ def test_folder_source_has_one_subfolder_per_step_or_is_the_checkpoint():
     assert "g" in runs and runs["g"]["method"] == "grpo"
 
 
+def test_a_checkpoint_imported_by_two_runs_is_evaluated_once():
+    """One hub revision (as written) or one folder, with the same tasks, samples and template: the first run that
+    imports it evaluates it; a final checkpoint against an intermediate one (other samples), another revision,
+    another template or a trained run is evaluated on its own."""
+    eval_cfg = {"tasks": {"math": ["m"], "facts": ["f"]}, "final_only": [], "samples": {"final": {"m": 4}}}
+    cfg = {"eval": eval_cfg, "runs": {
+        "g": {"method": "grpo", "steps": 2, "checkpoints": 1},
+        "sft": {"method": "import", "source": {"repo": "o/sft", "steps": [1]}},
+        "dpo": {"method": "import", "reference": "sft", "source": {"repo": "o/dpo", "steps": [1]}},
+        "dpo_vs_base": {"method": "import", "source": {"repo": "o/dpo", "steps": [1]}},
+        "dpo_pinned": {"method": "import", "source": {"repo": "o/dpo", "revision": "a" * 40, "steps": [1]}},
+        "dpo_study": {"method": "import", "chat_template": "study", "source": {"repo": "o/dpo", "steps": [1]}},
+        "chain": {"method": "import", "source": {"repo": ["o/sft", "o/dpo"], "steps": [1, 2]}},
+        "saved": {"method": "import", "source": {"folder": "ckpts", "steps": [5, 10]}},
+        "last": {"method": "import", "source": {"folder": "ckpts", "subfolder": "step-10", "steps": [20]}},
+        "middle": {"method": "import", "source": {"folder": "ckpts", "subfolder": "step-5", "steps": [5]}}}}
+    validate(cfg, schema=SCHEMA)
+    shared = study_config.shared_evaluations(cfg, study_config.resolve_runs(cfg))
+    # chain's step 1 (o/sft, intermediate: 1 sample of m) is not sft's (final: 4); its final o/dpo is dpo's
+    assert shared == {("dpo_vs_base", 1): ("dpo", 1), ("chain", 2): ("dpo", 1), ("last", 20): ("saved", 10)}
+    eval_cfg["samples"] = {}  # the same samples everywhere: intermediate and final checkpoints of one folder alike
+    shared = study_config.shared_evaluations(cfg, study_config.resolve_runs(cfg))
+    assert shared[("chain", 1)] == ("sft", 1) and shared[("middle", 5)] == ("saved", 5)
+
+
+def test_a_shared_evaluation_is_the_first_relabelled_with_its_items_and_its_source(tmp_path):
+    import pandas as pd
+    from scalpel.eval import shared
+
+    first = tmp_path / "dpo/step-1.tsv"
+    first.parent.mkdir()
+    pd.DataFrame({"run": ["dpo", "dpo"], "step": [1, 1], "task": ["m", "f"], "metric": ["pass@1", "acc"],
+                  "value": [0.25, 0.5], "stderr": [0.1, 0.2]}).to_csv(first, sep="\t", index=False)
+    (tmp_path / "dpo/step-1.items.tsv").write_text("task\tmetric\titem\tvalue\nm\tpass@1\t0\t0.25\n")
+    out = tmp_path / "dpo_vs_base/step-1.tsv"
+    out.parent.mkdir()
+    shared.share(first, out, "dpo_vs_base", 1)
+    table = pd.read_csv(out, sep="\t")
+    assert list(table.run) == ["dpo_vs_base"] * 2 and list(table.value) == [0.25, 0.5] and list(table.step) == [1, 1]
+    assert (tmp_path / "dpo_vs_base/step-1.items.tsv").read_text() == (tmp_path / "dpo/step-1.items.tsv").read_text()
+    assert json.loads(out.with_suffix(".shared.json").read_text()) == {"run": "dpo", "step": 1, "table": str(first)}
+
+
 def test_each_run_has_a_reference_the_base_by_default_or_another_run():
     runs = _runs(p={"method": "import", "reference": "g", "source": {"folder": "f", "steps": [1]}},
                  q={"method": "sft", "steps": 2, "checkpoints": 1, "reference": "p"})
@@ -88,6 +131,8 @@ def test_each_run_has_a_reference_the_base_by_default_or_another_run():
      "runs.p.source.subfolder: '.' names one folder for 2 steps"),
     ({"method": "sft", "steps": 2, "checkpoints": 1, "source": {"folder": "f", "steps": [1]}},
      "runs.p.source: only a run with method: import"),
+    ({"method": "sft", "steps": 2, "checkpoints": 1, "chat_template": "study"},
+     "runs.p.chat_template: only a run with method: import"),
 ])
 def test_import_errors_name_the_key(run, message):
     with pytest.raises(study_config.ConfigError) as err:
@@ -364,18 +409,28 @@ def test_imported_folder_checkpoints_are_diffed_against_the_base(tiny, tmp_path)
     assert 0 < against[against["module"] != "q_proj"]["rel_update"].max() < 1e-2  # bf16 rounding only
 
 
-@pytest.mark.parametrize("name, runs, checkpoints", [
-    ("olmo2-stages", {"stages": [1, 2, 3]}, 3),
-    ("olmo2-1b-stages", {"stages": [1, 2, 3, 4]}, 4),
-    ("paper-published", {"grpo": [29 * k for k in range(1, 20)] + [571]}, 59),
+STAGES_7B = {"sft": "base", "dpo": "sft", "rlvr": "dpo", "dpo_vs_base": "base", "rlvr_vs_base": "base"}
+STAGES_1B = {"sft": "base", "dpo": "sft", "rlvr1": "dpo", "instruct": "rlvr1", "dpo_vs_base": "base",
+             "rlvr1_vs_base": "base", "instruct_vs_base": "base"}
+
+
+@pytest.mark.parametrize("name, references, runs, checkpoints, evaluated", [
+    ("olmo2-stages", STAGES_7B, dict.fromkeys(STAGES_7B, [1]), 5, 3),
+    ("olmo2-1b-stages", STAGES_1B, dict.fromkeys(STAGES_1B, [1]), 7, 4),
+    ("paper-published", None, {"grpo": [29 * k for k in range(1, 20)] + [571]}, 59, 59),
 ])
-def test_published_checkpoint_configs_dry_run_with_no_training(name, runs, checkpoints, tmp_path):
+def test_published_checkpoint_configs_dry_run_with_no_training(name, references, runs, checkpoints, evaluated,
+                                                                tmp_path):
+    """Each stage against its parent and against the base: one diff and KL per (stage, reference), one evaluation
+    per stage, shared by the runs that import it."""
     cfg = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
     validate(cfg, schema=SCHEMA)
     resolved = study_config.resolve_runs(cfg)
     assert all(spec["method"] == "import" for spec in resolved.values())
     for run, steps in runs.items():
         assert resolved[run]["checkpoint_steps"] == steps
+    if references:
+        assert {run: spec["reference"] for run, spec in resolved.items()} == references
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(ROOT / "config" / f"{name}.yaml"), "--cores", "1", "-n"]
@@ -384,7 +439,8 @@ def test_published_checkpoint_configs_dry_run_with_no_training(name, runs, check
     counts = _job_counts(proc.stdout)
     assert not any(job.startswith("train_") for job in counts)
     assert counts["import_checkpoints"] == len(resolved) and counts["diff"] == counts["kl"] == checkpoints
-    assert counts["evaluate"] == checkpoints + 1 and "results/prefetch/checkpoints.json" in proc.stdout
+    assert counts["evaluate"] == evaluated + 1 and "results/prefetch/checkpoints.json" in proc.stdout
+    assert counts.get("shared_evaluation", 0) == checkpoints - evaluated
 
 
 @pytest.mark.integration

@@ -1,6 +1,7 @@
 """A stage chain of imported models through the whole workflow (issue 18): three folders imported as runs a, b and c,
-each compared with its parent (a with the base, b with a, c with b), run with the local profile; every table and
-figure of the report is made, each row names its reference, and c's update against b is computed directly here."""
+each compared with its parent (a with the base, b with a, c with b), and c imported a second time as c_vs_base,
+compared with the base; run with the local profile. Every table and figure of the report is made, each row names
+its reference, c's updates against b and against the base are computed directly here, and c is evaluated once."""
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from scalpel.analysis.matrices import layer_module
 
 pytestmark = pytest.mark.integration
-REFERENCES = {"a": "base", "b": "a@1", "c": "b@2"}
+REFERENCES = {"a": "base", "b": "a@1", "c": "b@2", "c_vs_base": "base"}
 
 
 def _snakemake(workdir, config, *targets):
@@ -72,6 +73,7 @@ def chain(tmp_path_factory):
     runs = {name: {"method": "import", "source": {"folder": f"stages/{name}", "subfolder": ".", "steps": [step]},
                    **({"reference": parent} if parent else {})}
             for name, step, parent in (("a", 1, None), ("b", 2, "a"), ("c", 3, "b"))}
+    runs["c_vs_base"] = {"method": "import", "source": {"folder": "stages/c", "subfolder": ".", "steps": [3]}}
     proc = _snakemake(work, {**config, "runs": runs, "weights": {**config["weights"], "pairs": [["b", "c"]]}})
     return work, tensors, proc
 
@@ -113,18 +115,23 @@ def test_each_row_names_its_reference(chain):
     assert dict(zip(passes.run, passes.reference.fillna("-"))) == {"base": "-", **REFERENCES}
 
 
+def _assert_updates_are_direct(rel_update, checkpoint: dict, reference: dict):
+    """rel_update (by layer, module) = ||W - R|| / ||R||, R rounded to the checkpoint's dtype (the cast rule)."""
+    for name, w in checkpoint.items():
+        if (lm := layer_module(name)) is None:
+            continue
+        ref = reference[name].to(w.dtype).double()
+        expected = float(torch.linalg.norm(w.double() - ref) / torch.linalg.norm(ref))
+        assert rel_update[lm] == pytest.approx(expected, rel=1e-5), name
+
+
 def test_the_update_of_c_is_against_b_as_computed_directly(chain):
     """||W_c - W_b|| / ||W_b|| per matrix, b rounded to c's bfloat16 as the cast rule says; references.tsv says so."""
     work, tensors, _ = chain
     updates = _table(work, "updates.tsv")
     c = updates[updates.run == "c"].set_index(["layer", "module"])
     assert len(c) == 4 * 7 and set(c.dtype) == {"bfloat16"} and set(c.reference_dtype) == {"float32"}
-    for name, w in tensors["c"].items():
-        if (lm := layer_module(name)) is None:
-            continue
-        ref = tensors["b"][name].to(torch.bfloat16).double()
-        expected = float(torch.linalg.norm(w.double() - ref) / torch.linalg.norm(ref))
-        assert c.rel_update[lm] == pytest.approx(expected, rel=1e-5), name
+    _assert_updates_are_direct(c.rel_update, tensors["c"], tensors["b"])
     b = updates[updates.run == "b"].set_index(["layer", "module"])
     assert b.rel_update[(0, "up_proj")] == pytest.approx(0.1, rel=1e-5)  # b scaled up_proj by 0.9 of a's
     assert b.rel_update.drop(index="up_proj", level="module").abs().max() == 0
@@ -132,6 +139,30 @@ def test_the_update_of_c_is_against_b_as_computed_directly(chain):
     assert checks.loc["c", "note"].startswith("compared in the checkpoint's bfloat16: the reference cast")
     assert checks.loc["b", "note"] == "same dtype"
     kl = _table(work, "kl.tsv").set_index("run")
-    assert (kl.kl_per_token > 0).all() and list(kl.reference) == ["base", "a@1", "b@2"]
+    assert (kl.kl_per_token > 0).all() and list(kl.reference) == ["base", "a@1", "b@2", "base"]
     provenance = json.loads((work / "results/runs/c/import.json").read_text())
     assert provenance["steps"]["3"]["dtypes"] == ["BF16"]
+
+
+def test_a_stage_imported_twice_is_evaluated_once_and_diffed_against_each_reference(chain):
+    """c_vs_base reads c's folder: it takes c's evaluation relabelled (no second lm-eval job) and its own diff and KL
+    against the base, equal to a direct computation."""
+    work, tensors, _ = chain
+    assert (work / "logs/evaluate/c/step-3.log").exists()
+    assert not (work / "logs/evaluate/c_vs_base").exists() and not (work / "benchmarks/evaluate/c_vs_base").exists()
+    ours = pd.read_csv(work / "results/eval/c_vs_base/step-3.tsv", sep="\t")
+    theirs = pd.read_csv(work / "results/eval/c/step-3.tsv", sep="\t")
+    assert set(ours.run) == {"c_vs_base"} and len(ours) == len(theirs) > 0
+    pd.testing.assert_frame_equal(ours.drop(columns="run"), theirs.drop(columns="run"))
+    assert (work / "results/eval/c_vs_base/step-3.items.tsv").read_bytes() == \
+        (work / "results/eval/c/step-3.items.tsv").read_bytes()
+    assert json.loads((work / "results/eval/c_vs_base/step-3.shared.json").read_text())["run"] == "c"
+    updates = _table(work, "updates.tsv")
+    against_base = updates[updates.run == "c_vs_base"].set_index(["layer", "module"])
+    _assert_updates_are_direct(against_base.rel_update, tensors["c"], tensors["base"])
+    kl = _table(work, "kl.tsv").set_index("run")
+    assert kl.kl_per_token["c_vs_base"] > kl.kl_per_token["c"]  # c differs from the base by a's, b's and c's changes
+    summary = _table(work, "summary.tsv").set_index("run")
+    for column in ("mini_math_l1", "mini_facts", "in_domain_delta", "out_of_domain_delta_low"):
+        assert summary.loc["c", column] == summary.loc["c_vs_base", column], column  # one evaluation, one score
+    assert summary.loc["c_vs_base", "mean_rel_update"] > summary.loc["c", "mean_rel_update"]

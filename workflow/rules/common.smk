@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ try:
     study_config.check_launch(config)
     study_hub.check_config(config)
     WEIGHT_PAIRS = study_config.weight_pairs(config, RUNS)
+    SHARED_EVALS = study_config.shared_evaluations(config, RUNS)
 except study_config.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 BASE = study_config.BASE
@@ -176,14 +178,41 @@ def get_eval_samples(wildcards):
 
 
 def get_eval_chat_template(wildcards):
-    """The base model's own template when eval.base_chat_template is own (the authors' choice); else the tokenizer's."""
+    """The base model's own template when eval.base_chat_template is own (the authors' choice); the study's for an
+    imported run with chat_template: study; else the checkpoint tokenizer's."""
     if wildcards.run == BASE and config["eval"]["base_chat_template"] == "own":
         return ["--chat-template", f"{base_model_dir()}/{OWN_TEMPLATE}"]
+    if wildcards.run != BASE and RUNS[wildcards.run].get("chat_template") == "study":
+        return ["--chat-template", "study"]
     return []
 
 
-def get_eval_files(wildcards=None):
-    return [f"results/eval/{run}/step-{step}.tsv" for run, step in all_models()]
+def get_eval_files(wildcards=None, evaluated_only=False):
+    """Every model's evaluation table; evaluated_only: without those shared from another run (SHARED_EVALS)."""
+    return [
+        f"results/eval/{run}/step-{step}.tsv"
+        for run, step in all_models()
+        if not (evaluated_only and (run, step) in SHARED_EVALS)
+    ]
+
+
+def shared_evaluation_pattern():
+    """The run/step-N of every evaluation shared from another run, as one wildcard's regex (rule shared_evaluation)."""
+    return "|".join(re.escape(f"{run}/step-{step}") for run, step in SHARED_EVALS)
+
+
+def get_shared_run_step(wildcards):
+    run, step = wildcards.shared.rsplit("/step-", 1)
+    return ["--run", run, "--step", step]
+
+
+def get_shared_evaluation(wildcards):
+    run, step = wildcards.shared.rsplit("/step-", 1)
+    owner, owner_step = SHARED_EVALS[run, int(step)]
+    return {
+        "table": f"results/eval/{owner}/step-{owner_step}.tsv",
+        "item_scores": f"results/eval/{owner}/step-{owner_step}.items.tsv",
+    }
 
 
 def get_item_files(wildcards=None):

@@ -38,3 +38,29 @@ rule evaluate:
         " --model-args {params.model_args:q} --fewshot-as-multiturn {params.multiturn:q}"
         " --item-clusters {params.clusters:q} --samples {params.samples:q}"
         " {params.chat_template:q} > {log:q} 2>&1"
+
+
+if SHARED_EVALS:
+
+    # An imported checkpoint that an earlier run already evaluates (the same hub revision or folder, tasks, samples
+    # and template; config.shared_evaluations) takes that evaluation, relabelled, instead of a second one.
+    ruleorder: shared_evaluation > evaluate
+
+    rule shared_evaluation:
+        input:
+            unpack(get_shared_evaluation),
+        output:
+            table="results/eval/{shared}.tsv",
+            item_scores="results/eval/{shared}.items.tsv",
+        log:
+            "logs/shared_evaluation/{shared}.log",
+        wildcard_constraints:
+            shared=shared_evaluation_pattern(),
+        localrule: True
+        conda:
+            "../../envs/report.yaml"
+        params:
+            run_step=get_shared_run_step,
+        shell:
+            "python -m scalpel share-evaluation --table {input.table:q} --out {output.table:q}"
+            " {params.run_step:q} > {log:q} 2>&1"

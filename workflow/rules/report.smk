@@ -173,7 +173,7 @@ rule throughput:
     input:
         histories=[f"results/runs/{run}/trainer_log.json" for run in TRAINED_RUNS],
         specs=[f"results/runs/{run}/spec.yaml" for run in TRAINED_RUNS],
-        evals=get_eval_files(),
+        evals=get_eval_files(evaluated_only=True),
         kl=get_kl_files(),
         reference=get_kl_reference(),
         full=FULL_CONFIG,

@@ -24,6 +24,7 @@ COMMANDS = {
     "train": "train.trainer",
     "publish": "train.publish",
     "evaluate": "eval.evaluate",
+    "share-evaluation": "eval.shared",
     "diff": "analysis.diff",
     "kl": "analysis.kl",
     "weights": "analysis.weights",

@@ -92,8 +92,10 @@ def resolve_run(config: dict, name: str) -> dict:
             raise ConfigError(f"runs.{name}.{key} is required (directly or through inherit)")
     if run["method"] not in METHODS:
         raise ConfigError(f"runs.{name}.method must be one of {METHODS + (IMPORT,)}, not {run['method']!r}")
-    if "source" in run:
-        raise ConfigError(f"runs.{name}.source: only a run with method: {IMPORT} reads its checkpoints from a source")
+    for key in ("source", "chat_template"):
+        if key in run:
+            raise ConfigError(f"runs.{name}.{key}: only a run with method: {IMPORT} has one (a trained run's "
+                              "checkpoints are read and evaluated as the base's)")
     if run.get("freeze") and run.get("train_only"):
         raise ConfigError(f"runs.{name}: give freeze or train_only, not both")
     defaults = config.get("train_defaults", {}).get(run["method"], {})
@@ -193,7 +195,7 @@ def resolve_import(config: dict, name: str, run: dict) -> dict:
             if key in source:
                 raise ConfigError(f"{where}.source.{key} applies to a hub repo, not to a local folder")
         locations = {"folders": import_folders(source, steps, f"{where}.source")}
-    extra = {"reference": run["reference"]} if "reference" in run else {}
+    extra = {key: run[key] for key in ("reference", "chat_template") if key in run}
     return {"name": name, "method": IMPORT, "source": copy.deepcopy(source), **locations, **extra,
             "checkpoint_steps": list(steps), "steps": steps[-1], "args": {}, "seed": config.get("seed", 0),
             "launch": {}, "model_dtype": config.get("model", {}).get("dtype", "float32")}
@@ -201,6 +203,27 @@ def resolve_import(config: dict, name: str, run: dict) -> dict:
 
 def is_imported(spec: dict) -> bool:
     return spec["method"] == IMPORT
+
+
+def shared_evaluations(config: dict, runs: dict[str, dict]) -> dict[tuple[str, int], tuple[str, int]]:
+    """(run, step) -> (run, step) evaluated in its place: imported checkpoints read from one hub revision (as
+    written in config) or one folder, with the same tasks, samples and chat template, are evaluated once, by the
+    first run that has them. A stage compared with its parent and, as another run, with the base is one model: its
+    evaluation (GPU hours at 7B) does not depend on the reference."""
+    first, shared = {}, {}
+    for name, spec in runs.items():
+        if not is_imported(spec):
+            continue
+        for step in spec["checkpoint_steps"]:
+            where = (("folder", spec["folders"][step]) if "folders" in spec
+                     else ("repo", spec["repos"][step], spec["revisions"][step]))
+            final = step == spec["checkpoint_steps"][-1]
+            evaluation = (json.dumps(eval_suites(config, final)),
+                          json.dumps(eval_samples(config, final), sort_keys=True), spec.get("chat_template", "own"))
+            owner = first.setdefault((where, evaluation), (name, step))
+            if owner != (name, step):
+                shared[name, step] = owner
+    return shared
 
 
 def seeded_name(name: str, seed: int) -> str:

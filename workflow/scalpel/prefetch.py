@@ -29,14 +29,17 @@ def fetch_model(source: str, revision: str | None) -> dict:
 
 def fetch_checkpoints(imports: dict) -> dict:
     """Each imported run's hub checkpoints, one revision of one repository after the other: every revision (branch,
-    tag or commit) resolved to the commit it points to now, which the jobs then read offline."""
-    out = {}
+    tag or commit) resolved to the commit it points to now, which the jobs then read offline. A revision that several
+    runs import is fetched and resolved once, so they read one commit (and share its evaluation)."""
+    out, fetched = {}, {}
     for run, spec in imports.items():
         steps = {}
         for step, revision in spec["revisions"].items():
             repo = spec["repos"][step]
-            folder = hub.checkpoint_snapshot(repo, revision)
-            commit = hub.commit_of(folder)
+            if (repo, revision) not in fetched:
+                folder = hub.checkpoint_snapshot(repo, revision)
+                fetched[repo, revision] = folder, hub.commit_of(folder)
+            folder, commit = fetched[repo, revision]
             steps[str(step)] = {"repo": repo, "revision": revision, "commit": commit, "path": str(folder)}
             log.info("run %s step %s: %s at %s is commit %s", run, step, repo, revision, commit)
         out[run] = {"steps": steps}

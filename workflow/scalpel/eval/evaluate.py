@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from scalpel import chat
 from scalpel.eval import items as item_scores
 from scalpel.io import atomic_output, check_safetensors, write_tsv
 
@@ -261,8 +262,15 @@ def add_parser(subparsers) -> None:
                    help="JSON of config eval.item_clusters (task -> the document field that clusters its items)")
     p.add_argument("--chat-template", default=None,
                    help="a Jinja chat template file used instead of the checkpoint tokenizer's "
-                        "(eval.base_chat_template)")
+                        "(eval.base_chat_template), or study: the study's (an imported run's chat_template: study)")
     p.set_defaults(func=main)
+
+
+def chat_template_text(option: str | None) -> str | None:
+    """--chat-template: a Jinja file, `study` (the study's template, scalpel.chat), or None (the tokenizer's)."""
+    if option == "study":
+        return chat.chat_template()
+    return Path(option).read_text() if option else None
 
 
 def main(args) -> None:
@@ -273,7 +281,7 @@ def main(args) -> None:
                 backend=args.backend, dtype=args.dtype, batch_size=batch_size, limit=args.limit, seed=args.seed,
                 device=args.device, gen_kwargs=json.loads(args.gen_kwargs), num_fewshot=json.loads(args.num_fewshot),
                 extra_model_args=json.loads(args.model_args),
-                chat_template=Path(args.chat_template).read_text() if args.chat_template else None,
+                chat_template=chat_template_text(args.chat_template),
                 fewshot_as_multiturn=json.loads(args.fewshot_as_multiturn),
                 item_clusters=json.loads(args.item_clusters), samples=json.loads(args.samples),
                 source=source(args.checkpoint))
