@@ -40,10 +40,6 @@ def relative_updates(base_dir, ckpt_dir, dtype_mismatch: str = "cast", tensor_mi
     chunk_bytes, direct, as update_metrics takes them."""
     from scalpel.analysis.weights import update_metrics  # torch: not for `diff --update`
 
-    if dtype_mismatch not in DTYPE_POLICIES:
-        raise ValueError(f"diff.dtype_mismatch: {dtype_mismatch!r} is not one of {DTYPE_POLICIES}")
-    if tensor_mismatch not in TENSOR_POLICIES:
-        raise ValueError(f"diff.tensor_mismatch: {tensor_mismatch!r} is not one of {TENSOR_POLICIES}")
     return diff_table(update_metrics(base_dir, ckpt_dir, dtype_mismatch=dtype_mismatch,
                                      tensor_mismatch=tensor_mismatch, **stream))
 

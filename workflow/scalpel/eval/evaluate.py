@@ -52,15 +52,13 @@ def model_args(checkpoint: str, backend: str, dtype: str, extra: dict | None = N
     args = {"pretrained": checkpoint, "dtype": dtype, "trust_remote_code": False}
     if backend == "vllm":
         args["seed"] = seed  # vLLM samples with its own generator
+    extra = extra or {}
     commit = (source or {}).get("commit")
     if commit:
         args.update(revision=commit, tokenizer=checkpoint)
-        if backend == "vllm":
+        if backend == "vllm" and "tokenizer" not in extra:  # a tokenizer the config names: read at its own revision
             args["tokenizer_revision"] = commit
-    args.update(extra or {})
-    if commit and "tokenizer" in (extra or {}) and "tokenizer_revision" not in extra:
-        args.pop("tokenizer_revision", None)  # a tokenizer the config names is read at its own revision
-    return args
+    return {**args, **extra}
 
 
 def fewshot_groups(tasks: list[str], num_fewshot: dict[str, int] | None,
