@@ -1,6 +1,10 @@
 """Cost of scalpel.analysis.weights at 7B: a bf16 pair (OLMo-2-1124-7B shapes, random weights, a known
 perturbation: every 3rd element of each projection moved one bf16 ulp) against a raw read of the same files.
 
+RESULTS 2026-12-07, quiet (the same VM, nothing else running; `--with-diff --pass-threads 2 1 2`, commit 7ca9a59):
+raw parallel read 20.4 s buffered, 22.4 s direct; the pass 18.0 s and 20.1 s at two threads, 19.8 s at one
+(0.88-0.98x the buffered read, 0.80-0.89x the direct one), 21.2-22.9 CPU-s, 0.54-0.58 GiB peak RSS.
+
 RESULTS 2026-12-07 (a 2-core "AMD EPYC" VM, the same RAM, disk and torch, load average 6-13 from other jobs; page
 cache dropped before every timing): one pass now gives the update table and diff's (diff no longer reads the
 pair), 24.1-26.4 CPU-s, 0.50-0.57 GiB peak RSS; at two threads 29.0 s wall, 1.12x the 25.9 s `dd iflag=direct`
