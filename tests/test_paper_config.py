@@ -361,7 +361,7 @@ def test_sbatch_lines_of_the_paper_dag(paper_dag):
     assert lines["data"].endswith("--cpus-per-task=16")  # the profile's threads reach Slurm, not capped locally
     trains = [j["shell"] for j in paper_dag if j["rule"].startswith("train_")]
     assert all(s.startswith("OMP_NUM_THREADS=8 accelerate launch") for s in trains)  # 64 threads / 8 processes
-    assert lines["weights_spectral"] == "-A 'acct' -p 'cpu' -t 480 --mem 8000 --ntasks=1 --cpus-per-task=1"
+    assert lines["weights_spectral"] == "-A 'acct' -p 'cpu' -t 240 --mem 8000 --ntasks=1 --cpus-per-task=4"
     assert lines["weights_update"] == "-A 'acct' -p 'cpu' -t 20 --mem 1500 --ntasks=1 --cpus-per-task=2"
     assert {j["rule"] for j in paper_dag if j["local"]} == {"run_spec", "launch_files", "prefetch", "analysis_spec",
                                                               "diff", "tables", "plots", "weight_tables",

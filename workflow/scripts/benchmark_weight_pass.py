@@ -11,7 +11,8 @@ pair), 24.1-26.4 CPU-s, 0.50-0.57 GiB peak RSS; at two threads 29.0 s wall, 1.12
 of the same run (load 7.5), and 30.1-47.7 s (1.26-2.0x) in other timings under load 7.6-10; the pass before it
 took 31.7-33.3 CPU-s here.
 diff's table equals its former float64 arithmetic (old_diff) to 9e-16 relative. SVD seconds per matrix at 1 and 2
-threads: README, "Cost of the weight analyses at 7B, measured".
+threads (quiet: 2 threads halve the wall time at the same CPU seconds; under load they looked slower): README,
+"Cost of the weight analyses at 7B, measured".
 
 RESULTS (2026-12-01; a 2-core "Intel Xeon Processor" VM, AVX-512, 23.5 GiB RAM, ext4 on virtio, torch 2.13.0+cpu,
 shared with three other agents: load average 4-10 throughout, so wall times are the scheduler's as much as ours;
