@@ -201,14 +201,19 @@ def shared_evaluation_pattern():
     return "|".join(re.escape(f"{run}/step-{step}") for run, step in SHARED_EVALS)
 
 
+def shared_run_step(wildcards):
+    """(run, step) of a shared evaluation's `run/step-N` wildcard."""
+    run, name = os.path.split(wildcards.shared)
+    return run, int(name.removeprefix("step-"))
+
+
 def get_shared_run_step(wildcards):
-    run, step = wildcards.shared.rsplit("/step-", 1)
-    return ["--run", run, "--step", step]
+    run, step = shared_run_step(wildcards)
+    return ["--run", run, "--step", str(step)]
 
 
 def get_shared_evaluation(wildcards):
-    run, step = wildcards.shared.rsplit("/step-", 1)
-    owner, owner_step = SHARED_EVALS[run, int(step)]
+    owner, owner_step = SHARED_EVALS[shared_run_step(wildcards)]
     return {
         "table": f"results/eval/{owner}/step-{owner_step}.tsv",
         "item_scores": f"results/eval/{owner}/step-{owner_step}.items.tsv",
