@@ -431,16 +431,21 @@ def test_published_checkpoint_configs_dry_run_with_no_training(name, references,
         assert resolved[run]["checkpoint_steps"] == steps
     if references:
         assert {run: spec["reference"] for run, spec in resolved.items()} == references
-    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(ROOT / "config" / f"{name}.yaml"), "--cores", "1", "-n"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    counts = _job_counts(proc.stdout)
+    from scalpel import slurm_preview
+
+    # as `snakemake -n -p --profile profiles/slurm --configfile config/<name>.yaml` plans it
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+               SLURM_ACCOUNT="acct", SLURM_PARTITION="cpu", SLURM_GPU_PARTITION="gpu")
+    jobs = slurm_preview.dry_run_jobs(ROOT / "config" / f"{name}.yaml", ROOT / "profiles/slurm", tmp_path, env)
+    counts = {}
+    for job in jobs:
+        counts[job["rule"]] = counts.get(job["rule"], 0) + 1
     assert not any(job.startswith("train_") for job in counts)
     assert counts["import_checkpoints"] == len(resolved) and counts["diff"] == counts["kl"] == checkpoints
-    assert counts["evaluate"] == evaluated + 1 and "results/prefetch/checkpoints.json" in proc.stdout
+    assert counts["evaluate"] == evaluated + 1 and counts["prefetch"] >= 1
     assert counts.get("shared_evaluation", 0) == checkpoints - evaluated
+    assert all(job["local"] for job in jobs if job["rule"] == "shared_evaluation")  # no sbatch job to copy a table
+    assert all(job["resources"].get("gpu") for job in jobs if job["rule"] == "evaluate")
 
 
 @pytest.mark.integration
