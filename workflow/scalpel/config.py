@@ -210,6 +210,8 @@ def shared_evaluations(config: dict, runs: dict[str, dict]) -> dict[tuple[str, i
     written in config) or one folder, with the same tasks, samples and chat template, are evaluated once, by the
     first run that has them. A stage compared with its parent and, as another run, with the base is one model: its
     evaluation (GPU hours at 7B) does not depend on the reference."""
+    tasks = {final: (json.dumps(eval_suites(config, final)), json.dumps(eval_samples(config, final), sort_keys=True))
+             for final in (False, True)}
     first, shared = {}, {}
     for name, spec in runs.items():
         if not is_imported(spec):
@@ -218,9 +220,7 @@ def shared_evaluations(config: dict, runs: dict[str, dict]) -> dict[tuple[str, i
             where = (("folder", spec["folders"][step]) if "folders" in spec
                      else ("repo", spec["repos"][step], spec["revisions"][step]))
             final = step == spec["checkpoint_steps"][-1]
-            evaluation = (json.dumps(eval_suites(config, final)),
-                          json.dumps(eval_samples(config, final), sort_keys=True), spec.get("chat_template", "own"))
-            owner = first.setdefault((where, evaluation), (name, step))
+            owner = first.setdefault((where, tasks[final], spec.get("chat_template", "own")), (name, step))
             if owner != (name, step):
                 shared[name, step] = owner
     return shared
